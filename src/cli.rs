@@ -1,0 +1,131 @@
+//! Command-line interface: argument definitions (clap derive) and dispatch to the library.
+//!
+//! Every flag that has an environment twin names it with `env = "EDGEPLEX_..."`; precedence is
+//! config file < environment < flag.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// edgeplex: share cameras and serial sensors with any number of pods, zero-copy.
+#[derive(Debug, Parser)]
+#[command(name = "edgeplex", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, env = "EDGEPLEX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in `RUST_LOG` syntax (e.g. `info,edgeplex=debug`).
+    #[arg(long, global = true, env = "EDGEPLEX_LOG", default_value = "info")]
+    pub log: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read rings: list, inspect, or stream their messages.
+    #[command(subcommand)]
+    Ring(RingCommand),
+    /// Run a synthetic camera and sensor into fresh rings, to see edgeplex work without hardware.
+    Demo(DemoArgs),
+    /// Measure ring fan-out cost and wake-up latency on this machine against a Unix-socket
+    /// baseline, and print one JSON object.
+    Bench(crate::bench::BenchArgs),
+    /// Internal: a reader process spawned by `edgeplex bench`.
+    #[command(hide = true)]
+    BenchReader(crate::bench::ReaderArgs),
+}
+
+/// `edgeplex ring ...`
+#[derive(Debug, Subcommand)]
+pub enum RingCommand {
+    /// List the rings in a directory with geometry, epoch, head and age.
+    Ls {
+        /// Ring directory.
+        #[arg(env = "EDGEPLEX_RING_DIR")]
+        dir: PathBuf,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the decoded header of one ring.
+    Inspect {
+        /// Ring file.
+        path: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write messages to stdout: raw payloads, or with --meta one JSON line per message.
+    Cat(CatArgs),
+}
+
+/// `edgeplex ring cat`
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    /// Ring file.
+    pub path: PathBuf,
+    /// Stop after this many messages.
+    #[arg(long, short = 'n')]
+    pub count: Option<u64>,
+    /// Where to start.
+    #[arg(long, value_enum, default_value_t = From::Newest)]
+    pub from: From,
+    /// Print one JSON line of metadata per message instead of the payload, and a final
+    /// `{"event":"end",...}` line with the delivered and lost totals.
+    #[arg(long)]
+    pub meta: bool,
+    /// With --meta, add an FNV-1a 64-bit hash of each payload (`fnv1a64`).
+    #[arg(long, requires = "meta")]
+    pub hash: bool,
+    /// Stop when no message arrives for this many seconds (default: wait forever).
+    #[arg(long)]
+    pub idle_timeout: Option<f64>,
+    /// Sleep this many milliseconds after each message (to play a slow consumer).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub delay_ms: u64,
+}
+
+/// Where `ring cat` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum From {
+    /// The oldest message the ring still holds.
+    Oldest,
+    /// The newest message already published.
+    Newest,
+    /// Only messages published after start.
+    Next,
+}
+
+/// `edgeplex demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Ring directory to use (default: a fresh directory under /dev/shm).
+    #[arg(long, env = "EDGEPLEX_RING_DIR")]
+    pub ring_dir: Option<PathBuf>,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Camera frame rate.
+    #[arg(long, default_value_t = 30)]
+    pub fps: u32,
+    /// Camera width in pixels.
+    #[arg(long, default_value_t = 640)]
+    pub width: u32,
+    /// Camera height in pixels.
+    #[arg(long, default_value_t = 480)]
+    pub height: u32,
+}

@@ -1,0 +1,109 @@
+//! Errors of the ring: each says what went wrong with which file and what to do about it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::layout::HeaderError;
+
+/// Anything that can go wrong creating, opening or reading a ring.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    /// The file is not a valid ring: truncated, foreign, hostile or from another version.
+    #[error("ring file {path} is not usable: {source}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What failed validation.
+        #[source]
+        source: HeaderError,
+    },
+    /// Permission denied on a ring file or directory.
+    #[error("cannot {op} {path}: permission denied; {hint}")]
+    PermissionDenied {
+        /// What was attempted.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// No such ring.
+    #[error("no ring at {path}; is the agent running, and is the ring directory mounted here?")]
+    NotFound {
+        /// Path looked at.
+        path: PathBuf,
+    },
+    /// The ring directory is on a disk-backed filesystem.
+    #[error(
+        "ring directory {dir} is not on tmpfs: frames would be written to storage; use a tmpfs \
+         such as /dev/shm or /run/edgeplex, or allow it explicitly (ring.allow_disk = true)"
+    )]
+    NotTmpfs {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// Another live process writes this ring.
+    #[error("ring {path} already has a live writer (pid {pid} in its namespace); stop it first")]
+    WriterActive {
+        /// The file.
+        path: PathBuf,
+        /// Pid recorded in the header.
+        pid: u32,
+    },
+    /// The filesystem is full.
+    #[error("no space for ring {path} ({needed} bytes); enlarge the tmpfs or lower slot_count / slot size")]
+    NoSpace {
+        /// The file.
+        path: PathBuf,
+        /// Bytes needed.
+        needed: u64,
+    },
+    /// A message larger than a slot.
+    #[error("message of {len} bytes does not fit a {capacity}-byte slot")]
+    TooLarge {
+        /// Message length.
+        len: usize,
+        /// Slot capacity.
+        capacity: u64,
+    },
+    /// The requested ring layout is invalid.
+    #[error("invalid ring layout for {name}: {source}")]
+    BadSpec {
+        /// Stream name.
+        name: String,
+        /// Why.
+        #[source]
+        source: HeaderError,
+    },
+    /// Any other I/O failure.
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl RingError {
+    /// Wrap an I/O error, turning the cases a user can act on into named variants.
+    pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> RingError {
+        let path = path.to_path_buf();
+        match source.kind() {
+            io::ErrorKind::NotFound => RingError::NotFound { path },
+            io::ErrorKind::PermissionDenied => RingError::PermissionDenied {
+                op,
+                path,
+                hint: "run as the ring's owner or a member of its group, or check the hostPath \
+                       mount and the snap's interfaces",
+            },
+            _ if source.raw_os_error() == Some(libc::ENOSPC) => {
+                RingError::NoSpace { path, needed: 0 }
+            }
+            _ => RingError::Io { op, path, source },
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Shared-memory rings: one writer, any number of zero-copy readers in other processes.
+//!
+//! A ring is one file on tmpfs, laid out as `docs/RING.md` specifies: a 4 KiB header, a table of
+//! 64-byte slot descriptors, then `slot_count` page-aligned payload slots. The [`Writer`] is the
+//! only type that can change a ring; a [`Reader`] maps it `PROT_READ` and cannot. A slow reader
+//! loses the oldest messages and is told how many; it can never slow the writer.
+//!
+//! This module owns all of the crate's `unsafe` code (in `sys`), and nothing here blocks on
+//! anything but the futex a reader waits on.
+
+#![allow(unsafe_code)]
+
+#[cfg(not(all(
+    target_os = "linux",
+    target_pointer_width = "64",
+    target_endian = "little"
+)))]
+compile_error!(
+    "edgeplex rings need 64-bit little-endian Linux (x86_64, aarch64): 64-bit atomic loads \
+     must be plain loads that work on a read-only mapping"
+);
+
+mod error;
+pub mod layout;
+mod reader;
+pub mod seqlock;
+mod sys;
+mod writer;
+
+use std::fs::File;
+use std::path::Path;
+
+pub use error::RingError;
+pub use layout::{Geometry, HeaderError, RingSpec, StreamKind, VideoFormat};
+pub use reader::{Message, Reader, Recv, Start};
+pub use sys::{monotonic_ns, realtime_ns};
+pub use writer::{CreateOptions, Meta, SlotLoan, Writer};
+
+/// File name suffix of ring files.
+pub const RING_SUFFIX: &str = "ring";
+
+/// A decoded header: the immutable geometry plus a snapshot of the writer's live fields.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HeaderInfo {
+    /// Immutable layout.
+    #[serde(flatten)]
+    pub geometry: Geometry,
+    /// Current writer epoch.
+    pub epoch: u64,
+    /// Number of messages published.
+    pub head: u64,
+    /// Pid of the last writer (0 after a clean stop). Only meaningful in the writer's PID
+    /// namespace; use `writer_alive` to test liveness.
+    pub writer_pid: u32,
+    /// Whether a writer holds the ring's lock right now.
+    pub writer_alive: bool,
+    /// Last publish or heartbeat, CLOCK_REALTIME nanoseconds.
+    pub heartbeat_ns: u64,
+    /// The file has been replaced at its path.
+    pub retired: bool,
+}
+
+/// Read and validate the header of the ring at `path` without mapping its slots.
+pub fn inspect(path: &Path) -> Result<HeaderInfo, RingError> {
+    let (file, geometry) = reader::open_validated(path)?;
+    let mem = sys::Mem::map_ro(&file, layout::HEADER_SIZE, false)
+        .map_err(|e| RingError::io("map", path, e))?;
+    Ok(header_info(&file, &mem, geometry))
+}
+
+fn header_info(file: &File, mem: &sys::Mem, geometry: Geometry) -> HeaderInfo {
+    use layout::off;
+    use std::sync::atomic::Ordering::Relaxed;
+    // Relaxed everywhere: a snapshot for display, nothing is read on the strength of it.
+    HeaderInfo {
+        geometry,
+        epoch: mem.u64_at(off::EPOCH as u64).load(Relaxed),
+        head: mem.u64_at(off::HEAD as u64).load(Relaxed),
+        writer_pid: mem.u32_at(off::WRITER_PID as u64).load(Relaxed),
+        writer_alive: sys::writer_lock_held(file).unwrap_or(false),
+        heartbeat_ns: mem.u64_at(off::HEARTBEAT_NS as u64).load(Relaxed),
+        retired: mem.u32_at(off::STATE as u64).load(Relaxed) & layout::STATE_RETIRED != 0,
+    }
+}
+
+/// Whether the filesystem holding `dir` keeps its pages in memory (tmpfs or ramfs).
+pub fn is_memory_fs(dir: &Path) -> Result<bool, RingError> {
+    let magic = sys::fs_magic(dir).map_err(|e| RingError::io("statfs", dir, e))?;
+    Ok(magic == sys::TMPFS_MAGIC || magic == sys::RAMFS_MAGIC)
+}

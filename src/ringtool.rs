@@ -1,0 +1,260 @@
+//! `edgeplex ring ls | inspect | cat`: reader-side tools for operators and consumers.
+//!
+//! These only ever read rings; they run in consumer pods with the ring directory mounted
+//! read-only.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::cli::{CatArgs, From};
+use crate::ring::{self, layout, HeaderInfo, Reader, Recv, Start};
+
+/// `edgeplex ring ls DIR`
+pub fn ls(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| ring::RingError::io("list", dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == ring::RING_SUFFIX))
+        .collect();
+    paths.sort();
+    let now = ring::realtime_ns();
+    let mut out = io::stdout().lock();
+    if !json {
+        writeln!(
+            out,
+            "{:<16} {:<6} {:>6} {:>10} {:<18} {:>6} {:>12} {:<8} {:>8}",
+            "STREAM", "KIND", "SLOTS", "SLOT_SIZE", "FORMAT", "EPOCH", "HEAD", "WRITER", "AGE"
+        )?;
+    }
+    for path in &paths {
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match ring::inspect(path) {
+            Ok(info) if json => {
+                let line = serde_json::json!({ "stream": name, "path": path, "header": info });
+                writeln!(out, "{line}")?;
+            }
+            Ok(info) => {
+                let g = &info.geometry;
+                let format = if g.kind == layout::StreamKind::Video {
+                    format!(
+                        "{}x{} {}",
+                        g.video.width,
+                        g.video.height,
+                        layout::fourcc_str(g.video.fourcc)
+                    )
+                } else {
+                    "-".into()
+                };
+                let writer = match (info.retired, info.writer_alive) {
+                    (true, _) => "retired",
+                    (false, true) => "live",
+                    (false, false) => "stopped",
+                };
+                writeln!(
+                    out,
+                    "{:<16} {:<6} {:>6} {:>10} {:<18} {:>6} {:>12} {:<8} {:>8}",
+                    name,
+                    g.kind.to_string(),
+                    g.slot_count,
+                    g.slot_size,
+                    format,
+                    info.epoch,
+                    info.head,
+                    writer,
+                    age(now, info.heartbeat_ns)
+                )?;
+            }
+            Err(e) if json => {
+                let line =
+                    serde_json::json!({ "stream": name, "path": path, "error": e.to_string() });
+                writeln!(out, "{line}")?;
+            }
+            Err(e) => writeln!(out, "{name:<16} error: {e}")?,
+        }
+    }
+    if paths.is_empty() && !json {
+        eprintln!("no *.ring files in {}", dir.display());
+    }
+    Ok(())
+}
+
+fn age(now: u64, then: u64) -> String {
+    if then == 0 || then > now {
+        return "-".into();
+    }
+    let secs = (now - then) as f64 / 1e9;
+    match secs {
+        s if s < 1.0 => format!("{:.0}ms", s * 1e3),
+        s if s < 120.0 => format!("{s:.1}s"),
+        s if s < 7200.0 => format!("{:.0}m", s / 60.0),
+        s => format!("{:.0}h", s / 3600.0),
+    }
+}
+
+/// `edgeplex ring inspect PATH`
+pub fn inspect(path: &Path, json: bool) -> anyhow::Result<()> {
+    let info = ring::inspect(path)?;
+    let mut out = io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&info)?)?;
+        return Ok(());
+    }
+    write_info(&mut out, path, &info)?;
+    Ok(())
+}
+
+fn write_info(out: &mut impl Write, path: &Path, info: &HeaderInfo) -> io::Result<()> {
+    let g = &info.geometry;
+    writeln!(out, "path:         {}", path.display())?;
+    writeln!(out, "format:       edgeplex ring v{}", layout::VERSION)?;
+    writeln!(out, "stream:       {}", g.name)?;
+    writeln!(out, "kind:         {}", g.kind)?;
+    writeln!(
+        out,
+        "slots:        {} x {} bytes",
+        g.slot_count, g.slot_size
+    )?;
+    writeln!(
+        out,
+        "layout:       descriptors at {}, data at {}, file {} bytes",
+        g.desc_offset, g.data_offset, g.file_size
+    )?;
+    if g.kind == layout::StreamKind::Video {
+        let v = &g.video;
+        writeln!(
+            out,
+            "video:        {}x{} {} stride {}",
+            v.width,
+            v.height,
+            layout::fourcc_str(v.fourcc),
+            v.stride
+        )?;
+    }
+    writeln!(out, "created_ns:   {}", g.created_ns)?;
+    writeln!(out, "base_seq:     {}", g.base_seq)?;
+    writeln!(out, "head:         {}", info.head)?;
+    writeln!(out, "epoch:        {}", info.epoch)?;
+    writeln!(
+        out,
+        "writer:       {} (pid {})",
+        if info.writer_alive { "live" } else { "none" },
+        info.writer_pid
+    )?;
+    writeln!(
+        out,
+        "heartbeat:    {} ago",
+        age(ring::realtime_ns(), info.heartbeat_ns)
+    )?;
+    writeln!(out, "retired:      {}", info.retired)
+}
+
+#[derive(Serialize)]
+struct MetaLine {
+    seq: u64,
+    epoch: u64,
+    len: usize,
+    capture_ns: u64,
+    device_seq: u64,
+    publish_ns: u64,
+    flags: u32,
+    lost_before: u64,
+    intact: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fnv1a64: Option<String>,
+}
+
+/// `edgeplex ring cat PATH`
+pub fn cat(args: &CatArgs) -> anyhow::Result<()> {
+    let start = match args.from {
+        From::Oldest => Start::Oldest,
+        From::Newest => Start::Newest,
+        From::Next => Start::Next,
+    };
+    let mut reader = Reader::open(&args.path, start)?;
+    let idle = args.idle_timeout.map(Duration::from_secs_f64);
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut seen = 0u64;
+    let result = (|| -> anyhow::Result<()> {
+        while args.count.is_none_or(|c| seen < c) {
+            match reader.next(idle.unwrap_or(Duration::from_secs(3600)))? {
+                Recv::TimedOut if idle.is_some() => break,
+                Recv::TimedOut => continue,
+                Recv::Reopened => {
+                    if args.meta {
+                        let line = serde_json::json!({ "event": "reopened", "geometry": reader.geometry() });
+                        writeln!(out, "{line}")?;
+                    }
+                }
+                Recv::Message(msg) => {
+                    seen += 1;
+                    if args.meta {
+                        let fnv1a64 = args
+                            .hash
+                            .then(|| format!("{:016x}", fnv1a64(msg.payload())));
+                        let mut line = MetaLine {
+                            seq: msg.seq(),
+                            epoch: msg.epoch(),
+                            len: msg.len(),
+                            capture_ns: msg.capture_ns(),
+                            device_seq: msg.device_seq(),
+                            publish_ns: msg.publish_ns(),
+                            flags: msg.flags(),
+                            lost_before: msg.lost_before(),
+                            intact: true,
+                            fnv1a64,
+                        };
+                        line.intact = msg.finish();
+                        serde_json::to_writer(&mut out, &line)?;
+                        writeln!(out)?;
+                    } else {
+                        out.write_all(msg.payload())?;
+                        if !msg.finish() {
+                            tracing::warn!(path = %args.path.display(), "a message was overwritten while being written out");
+                        }
+                    }
+                    if args.delay_ms > 0 {
+                        out.flush()?;
+                        std::thread::sleep(Duration::from_millis(args.delay_ms));
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+    let result = match result {
+        Err(e) if is_broken_pipe(&e) => return Ok(()),
+        r => r,
+    };
+    if args.meta {
+        let end = serde_json::json!({
+            "event": "end", "delivered": reader.delivered(), "lost": reader.lost(),
+            "cursor": reader.cursor(), "reopened": reader.reopened(),
+        });
+        let _ = writeln!(out, "{end}");
+    }
+    match out.flush() {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => result.and(r.context("write to stdout")),
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// FNV-1a, 64-bit: a cheap, dependency-free payload fingerprint for `--hash`.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,20 @@
+//! Logging setup: `tracing` with an `EnvFilter`, human-readable or JSON lines, on stderr.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::LogFormat;
+
+/// Install the global subscriber. Fails on a bad filter expression.
+pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(filter).map_err(|e| {
+        anyhow::anyhow!("invalid log filter {filter:?}: {e}; try \"info\" or \"edgeplex=debug\"")
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}

@@ -11,13 +11,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "edgeplex", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Log output format.
-    #[arg(long, global = true, env = "EDGEPLEX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log output format [env: EDGEPLEX_LOG_FORMAT] [default: text].
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
 
-    /// Log filter, in `RUST_LOG` syntax (e.g. `info,edgeplex=debug`).
-    #[arg(long, global = true, env = "EDGEPLEX_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter, in `RUST_LOG` syntax, e.g. `info,edgeplex=debug` [env: EDGEPLEX_LOG]
+    /// [default: info].
+    #[arg(long, global = true)]
+    pub log: Option<String>,
 
     /// What to do.
     #[command(subcommand)]
@@ -33,9 +34,30 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// The configuration value for this format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+
+    /// Parse a configuration value.
+    pub fn from_name(name: &str) -> Option<LogFormat> {
+        match name {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent: publish every configured stream into its ring until SIGTERM or SIGINT.
+    Run(RunArgs),
     /// Read rings: list, inspect, or stream their messages.
     #[command(subcommand)]
     Ring(RingCommand),
@@ -47,6 +69,26 @@ pub enum Command {
     /// Internal: a reader process spawned by `edgeplex bench`.
     #[command(hide = true)]
     BenchReader(crate::bench::ReaderArgs),
+}
+
+/// `edgeplex run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration file [default: /etc/edgeplex/edgeplex.toml, if present].
+    #[arg(long, short = 'c', env = "EDGEPLEX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Override any configuration key, e.g. `--set stream.cam0.width=1280` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Ring directory (overrides `ring.dir`).
+    #[arg(long)]
+    pub ring_dir: Option<PathBuf>,
+    /// Metrics listen address (overrides `metrics.listen`).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Check the configuration, print it, and exit.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// `edgeplex ring ...`

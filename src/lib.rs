@@ -4,8 +4,10 @@
 //! shared-memory rings ([`ring`]) that any number of pods read zero-copy. See `ARCHITECTURE.md`
 //! for the map of the code and `docs/RING.md` for the ring format.
 
+pub mod agent;
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod ring;
 pub mod ringtool;
@@ -20,6 +22,9 @@ pub const EXIT_NOINPUT: u8 = 66;
 
 /// The process exit code for an error that reached `main`.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<config::ConfigError>().is_some() {
+        return EXIT_CONFIG;
+    }
     match e.downcast_ref::<ring::RingError>() {
         Some(ring::RingError::NotFound { .. }) | Some(ring::RingError::Corrupt { .. }) => {
             EXIT_NOINPUT

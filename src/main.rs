@@ -4,23 +4,66 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use edgeplex::cli::{Cli, Command, RingCommand};
+use edgeplex::cli::{Cli, Command, LogFormat, RingCommand};
+use edgeplex::config::{self, Overrides};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = edgeplex::telemetry::init(cli.log_format, &cli.log) {
-        eprintln!("edgeplex: {e:#}");
-        return ExitCode::from(edgeplex::EXIT_CONFIG);
-    }
     let result = match &cli.command {
-        Command::Ring(RingCommand::Ls { dir, json }) => edgeplex::ringtool::ls(dir, *json),
-        Command::Ring(RingCommand::Inspect { path, json }) => {
-            edgeplex::ringtool::inspect(path, *json)
+        Command::Run(args) => {
+            let flags = Overrides {
+                set: args.set.clone(),
+                ring_dir: args.ring_dir.clone(),
+                metrics_listen: args.metrics_listen.clone(),
+                log: cli.log.clone(),
+                log_format: cli.log_format.map(|f| f.as_str().to_owned()),
+            };
+            let config = match config::load(args.config.as_deref(), std::env::vars(), &flags) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("edgeplex: {e}");
+                    return ExitCode::from(edgeplex::EXIT_CONFIG);
+                }
+            };
+            let format = LogFormat::from_name(&config.log.format).unwrap_or(LogFormat::Text);
+            if let Err(e) = edgeplex::telemetry::init(format, &config.log.level) {
+                eprintln!("edgeplex: {e:#}");
+                return ExitCode::from(edgeplex::EXIT_CONFIG);
+            }
+            if args.check {
+                println!("{config:#?}");
+                Ok(())
+            } else {
+                edgeplex::agent::run(&config, None)
+            }
         }
-        Command::Ring(RingCommand::Cat(args)) => edgeplex::ringtool::cat(args),
-        Command::Demo(args) => edgeplex::demo::run(args),
-        Command::Bench(args) => edgeplex::bench::run(args),
-        Command::BenchReader(args) => edgeplex::bench::run_reader(args),
+        command => {
+            let env = |k: &str| std::env::var(k).ok();
+            let format = cli
+                .log_format
+                .or_else(|| env("EDGEPLEX_LOG_FORMAT").and_then(|f| LogFormat::from_name(&f)))
+                .unwrap_or(LogFormat::Text);
+            let filter = cli
+                .log
+                .clone()
+                .or_else(|| env("EDGEPLEX_LOG"))
+                .unwrap_or_else(|| "info".into());
+            if let Err(e) = edgeplex::telemetry::init(format, &filter) {
+                eprintln!("edgeplex: {e:#}");
+                return ExitCode::from(edgeplex::EXIT_CONFIG);
+            }
+            match command {
+                Command::Ring(RingCommand::Ls { dir, json }) => edgeplex::ringtool::ls(dir, *json),
+                Command::Ring(RingCommand::Inspect { path, json }) => {
+                    edgeplex::ringtool::inspect(path, *json)
+                }
+                Command::Ring(RingCommand::Cat(args)) => edgeplex::ringtool::cat(args),
+                Command::Demo(args) => edgeplex::demo::run(args),
+                Command::Bench(args) => edgeplex::bench::run(args),
+                Command::BenchReader(args) => edgeplex::bench::run_reader(args),
+                Command::Run(_) => unreachable!("handled above"),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,8 @@
 //! ring. Capture never waits on anything async. A source only talks to the rest of the agent
 //! through its [`StreamHealth`].
 
+pub mod camera;
+pub mod serial;
 pub mod synthetic;
 
 use std::path::PathBuf;
@@ -338,7 +340,7 @@ pub fn supervise<O: Opener>(
     let mut failing: Option<String> = None;
     let mut ever_up = false;
     while !shutdown.requested() {
-        let result = (|| -> Result<(), SourceError> {
+        let session = || -> Result<(), SourceError> {
             let mut device = opener.open()?;
             let spec = device.spec();
             let reuse = writer.as_ref().is_some_and(|w| w.geometry().matches(&spec));
@@ -363,7 +365,21 @@ pub fn supervise<O: Opener>(
                 device.pump(w, health, Duration::from_millis(200))?;
             }
             Ok(())
-        })();
+        };
+        // A panicking device library (v4l panics if STREAMOFF fails in Drop) must not take the
+        // agent down: treat it as a device failure and retry like any other.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(session))
+            .unwrap_or_else(|panic| {
+                let detail = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into());
+                Err(SourceError::Disconnected {
+                    device: target.path.clone(),
+                    detail: format!("source panicked: {detail}"),
+                })
+            });
         let Err(e) = result else { break };
         health.set_failed(&e);
         let msg = e.to_string();

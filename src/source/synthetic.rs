@@ -165,3 +165,267 @@ mod tests {
         }
     }
 }
+
+/// A synthetic camera stream (`type = "test-pattern"`).
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TestPatternSettings {
+    /// Width in pixels (even).
+    #[serde(default = "default_width")]
+    pub width: u32,
+    /// Height in pixels.
+    #[serde(default = "default_height")]
+    pub height: u32,
+    /// Frames per second.
+    #[serde(default = "default_fps")]
+    pub fps: u32,
+    /// Ring slots.
+    #[serde(default = "default_slots")]
+    pub slot_count: u32,
+}
+
+fn default_width() -> u32 {
+    640
+}
+fn default_height() -> u32 {
+    480
+}
+fn default_fps() -> u32 {
+    30
+}
+fn default_slots() -> u32 {
+    8
+}
+fn default_rate() -> f64 {
+    10.0
+}
+fn default_sensor_slots() -> u32 {
+    1024
+}
+
+impl TestPatternSettings {
+    /// Check the settings; the error names the key.
+    pub fn validate(&self, prefix: &str) -> Result<(), String> {
+        use super::camera::check_range;
+        check_range(prefix, "width", self.width, 2, 8192)?;
+        check_range(prefix, "height", self.height, 1, 8192)?;
+        check_range(prefix, "fps", self.fps, 1, 1000)?;
+        check_range(prefix, "slot_count", self.slot_count, 2, 1024)
+    }
+}
+
+/// A synthetic NMEA sensor stream (`type = "nmea-sim"`).
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NmeaSimSettings {
+    /// Sentences per second.
+    #[serde(default = "default_rate")]
+    pub rate_hz: f64,
+    /// Ring slots.
+    #[serde(default = "default_sensor_slots")]
+    pub slot_count: u32,
+}
+
+impl NmeaSimSettings {
+    /// Check the settings; the error names the key.
+    pub fn validate(&self, prefix: &str) -> Result<(), String> {
+        if !(self.rate_hz > 0.0 && self.rate_hz <= 10_000.0) {
+            return Err(format!(
+                "{prefix}.rate_hz = {} is out of range: allowed (0, 10000]",
+                self.rate_hz
+            ));
+        }
+        super::camera::check_range(prefix, "slot_count", self.slot_count, 2, 1 << 20)
+    }
+}
+
+/// Paces a synthetic source: the next deadline, or how long to wait for it.
+#[derive(Debug)]
+struct Pacer {
+    period: std::time::Duration,
+    next: std::time::Instant,
+}
+
+impl Pacer {
+    fn new(period: std::time::Duration) -> Pacer {
+        Pacer {
+            period,
+            next: std::time::Instant::now(),
+        }
+    }
+
+    /// Wait up to `max_wait` for the next tick; `true` if it is time to produce.
+    fn wait(&mut self, max_wait: std::time::Duration) -> bool {
+        let now = std::time::Instant::now();
+        if now < self.next {
+            let d = (self.next - now).min(max_wait);
+            std::thread::sleep(d);
+            if std::time::Instant::now() < self.next {
+                return false;
+            }
+        }
+        self.next += self.period;
+        // After a long stall (a suspended VM, say), do not burst to catch up.
+        if self.next + self.period * 4 < std::time::Instant::now() {
+            self.next = std::time::Instant::now() + self.period;
+        }
+        true
+    }
+}
+
+/// Opener of the test-pattern camera. It never fails.
+#[derive(Debug)]
+pub struct TestPatternOpener {
+    name: String,
+    settings: TestPatternSettings,
+}
+
+impl TestPatternOpener {
+    /// An opener for stream `name`.
+    pub fn new(name: &str, settings: TestPatternSettings) -> TestPatternOpener {
+        TestPatternOpener {
+            name: name.to_owned(),
+            settings,
+        }
+    }
+}
+
+/// A running test-pattern camera.
+#[derive(Debug)]
+pub struct TestPatternCamera {
+    name: String,
+    pattern: TestPattern,
+    slot_count: u32,
+    pacer: Pacer,
+    frame: u64,
+}
+
+impl super::Opener for TestPatternOpener {
+    type Device = TestPatternCamera;
+
+    fn open(&mut self) -> Result<TestPatternCamera, super::SourceError> {
+        let s = &self.settings;
+        let period = std::time::Duration::from_secs_f64(1.0 / f64::from(s.fps));
+        Ok(TestPatternCamera {
+            name: self.name.clone(),
+            pattern: TestPattern::new(s.width, s.height),
+            slot_count: s.slot_count,
+            pacer: Pacer::new(period),
+            frame: 0,
+        })
+    }
+}
+
+impl super::Device for TestPatternCamera {
+    fn spec(&self) -> crate::ring::RingSpec {
+        crate::ring::RingSpec {
+            name: self.name.clone(),
+            kind: crate::ring::StreamKind::Video,
+            slot_count: self.slot_count,
+            slot_size: self.pattern.frame_len() as u64,
+            video: Some(crate::ring::VideoFormat {
+                width: self.pattern.stride() / 2,
+                height: (self.pattern.frame_len() / self.pattern.stride() as usize) as u32,
+                fourcc: u32::from_le_bytes(*b"YUYV"),
+                stride: self.pattern.stride(),
+            }),
+        }
+    }
+
+    fn pump(
+        &mut self,
+        writer: &mut crate::ring::Writer,
+        health: &super::StreamHealth,
+        max_wait: std::time::Duration,
+    ) -> Result<(), super::SourceError> {
+        if !self.pacer.wait(max_wait) {
+            return Ok(());
+        }
+        let mut loan = writer.lend();
+        let len = self.pattern.render(self.frame, loan.buf());
+        let meta = crate::ring::Meta {
+            capture_ns: crate::ring::monotonic_ns(),
+            device_seq: self.frame,
+            flags: 0,
+        };
+        loan.commit(len, meta);
+        health.published(len);
+        self.frame += 1;
+        Ok(())
+    }
+}
+
+/// Opener of the NMEA simulator. It never fails.
+#[derive(Debug)]
+pub struct NmeaSimOpener {
+    name: String,
+    settings: NmeaSimSettings,
+}
+
+impl NmeaSimOpener {
+    /// An opener for stream `name`.
+    pub fn new(name: &str, settings: NmeaSimSettings) -> NmeaSimOpener {
+        NmeaSimOpener {
+            name: name.to_owned(),
+            settings,
+        }
+    }
+}
+
+/// A running NMEA simulator.
+#[derive(Debug)]
+pub struct NmeaSimSensor {
+    name: String,
+    sim: NmeaSim,
+    slot_count: u32,
+    pacer: Pacer,
+    samples: u64,
+}
+
+impl super::Opener for NmeaSimOpener {
+    type Device = NmeaSimSensor;
+
+    fn open(&mut self) -> Result<NmeaSimSensor, super::SourceError> {
+        let period = std::time::Duration::from_secs_f64(1.0 / self.settings.rate_hz);
+        Ok(NmeaSimSensor {
+            name: self.name.clone(),
+            sim: NmeaSim::new(),
+            slot_count: self.settings.slot_count,
+            pacer: Pacer::new(period),
+            samples: 0,
+        })
+    }
+}
+
+impl super::Device for NmeaSimSensor {
+    fn spec(&self) -> crate::ring::RingSpec {
+        crate::ring::RingSpec {
+            name: self.name.clone(),
+            kind: crate::ring::StreamKind::Serial,
+            slot_count: self.slot_count,
+            slot_size: 128,
+            video: None,
+        }
+    }
+
+    fn pump(
+        &mut self,
+        writer: &mut crate::ring::Writer,
+        health: &super::StreamHealth,
+        max_wait: std::time::Duration,
+    ) -> Result<(), super::SourceError> {
+        if !self.pacer.wait(max_wait) {
+            return Ok(());
+        }
+        let line = self.sim.next_line();
+        let meta = crate::ring::Meta {
+            capture_ns: crate::ring::realtime_ns(),
+            device_seq: self.samples,
+            flags: crate::ring::layout::FLAG_CAPTURE_REALTIME,
+        };
+        writer.publish(&line, meta)?;
+        health.published(line.len());
+        self.samples += 1;
+        Ok(())
+    }
+}

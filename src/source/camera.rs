@@ -1,0 +1,327 @@
+//! The V4L2 camera source (crate `v4l`): negotiate a format, stream with MMAP buffers, and copy
+//! each frame into a slot the ring lends, with the driver's timestamp and sequence.
+//!
+//! It runs on its stream's own thread and never waits on anything but the device. It owns no
+//! ring: the supervisor hands it a writer.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use v4l::buffer::{Flags as BufFlags, Type};
+use v4l::io::mmap::Stream;
+use v4l::io::traits::CaptureStream;
+use v4l::video::Capture;
+use v4l::{Format, FourCC};
+
+use super::{Device, Opener, SourceError, StreamHealth};
+use crate::ring::{layout, Meta, RingSpec, StreamKind, VideoFormat, Writer};
+
+const PERMISSION_HINT: &str =
+    "connect the camera interface (snap connect edgeplex:camera) or add the agent's user to the video group";
+
+/// How a camera stream is configured (`[stream.NAME]` with `type = "camera"`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CameraSettings {
+    /// Device path: `/dev/video0`, or a stable `/dev/v4l/by-id/...` link.
+    pub device: PathBuf,
+    /// Requested width in pixels.
+    #[serde(default = "default_width")]
+    pub width: u32,
+    /// Requested height in pixels.
+    #[serde(default = "default_height")]
+    pub height: u32,
+    /// Requested pixel format, a fourcc such as `YUYV` or `MJPG`.
+    #[serde(default = "default_format")]
+    pub format: String,
+    /// Requested frame rate.
+    #[serde(default = "default_fps")]
+    pub fps: u32,
+    /// V4L2 MMAP buffers to queue.
+    #[serde(default = "default_buffers")]
+    pub buffers: u32,
+    /// Ring slots.
+    #[serde(default = "default_slots")]
+    pub slot_count: u32,
+    /// Seconds without a frame after which the camera counts as failed.
+    #[serde(default = "default_stall")]
+    pub stall_timeout_secs: f64,
+}
+
+fn default_width() -> u32 {
+    640
+}
+fn default_height() -> u32 {
+    480
+}
+fn default_format() -> String {
+    "YUYV".into()
+}
+fn default_fps() -> u32 {
+    30
+}
+fn default_buffers() -> u32 {
+    4
+}
+fn default_slots() -> u32 {
+    8
+}
+fn default_stall() -> f64 {
+    5.0
+}
+
+impl CameraSettings {
+    /// Check the settings; the error names the key (`{prefix}.width`), the value and what is
+    /// allowed.
+    pub fn validate(&self, prefix: &str) -> Result<(), String> {
+        if self.device.as_os_str().is_empty() {
+            return Err(format!(
+                "{prefix}.device is empty: give the camera's path, e.g. /dev/video0 or /dev/v4l/by-id/..."
+            ));
+        }
+        check_range(prefix, "width", self.width, 1, 16384)?;
+        check_range(prefix, "height", self.height, 1, 16384)?;
+        check_range(prefix, "fps", self.fps, 1, 1000)?;
+        check_range(prefix, "buffers", self.buffers, 2, 32)?;
+        check_range(prefix, "slot_count", self.slot_count, 2, 1024)?;
+        if layout::fourcc_from_str(&self.format).is_none() {
+            return Err(format!(
+                "{prefix}.format = {:?} is not a four-character code such as \"YUYV\" or \"MJPG\"",
+                self.format
+            ));
+        }
+        if !(self.stall_timeout_secs > 0.0 && self.stall_timeout_secs <= 3600.0) {
+            return Err(format!(
+                "{prefix}.stall_timeout_secs = {} must be between 0 and 3600",
+                self.stall_timeout_secs
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Check `value` is within `lo..=hi`, with a message naming the key.
+pub fn check_range(prefix: &str, key: &str, value: u32, lo: u32, hi: u32) -> Result<(), String> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{prefix}.{key} = {value} is out of range: allowed {lo}..={hi}"
+        ))
+    }
+}
+
+/// Opens a V4L2 capture device and negotiates its format.
+#[derive(Debug)]
+pub struct CameraOpener {
+    name: String,
+    settings: CameraSettings,
+}
+
+impl CameraOpener {
+    /// An opener for stream `name`.
+    pub fn new(name: &str, settings: CameraSettings) -> CameraOpener {
+        CameraOpener {
+            name: name.to_owned(),
+            settings,
+        }
+    }
+}
+
+/// An open, streaming camera.
+pub struct Camera {
+    name: String,
+    device: PathBuf,
+    format: Format,
+    stream: Stream<'static>,
+    // Keep the device open for as long as the stream is.
+    _dev: v4l::Device,
+    stall: Duration,
+    last_frame: Instant,
+    slot_count: u32,
+}
+
+impl std::fmt::Debug for Camera {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Camera")
+            .field("name", &self.name)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+impl Opener for CameraOpener {
+    type Device = Camera;
+
+    fn open(&mut self) -> Result<Camera, SourceError> {
+        let s = &self.settings;
+        let path = &s.device;
+        let io = |op, e| SourceError::from_io(path, op, e, PERMISSION_HINT);
+        // Reject a missing path before v4l's open, which names no file in its error.
+        std::fs::metadata(path).map_err(|e| io("open", e))?;
+        let dev = v4l::Device::with_path(path).map_err(|e| io("open", e))?;
+        let caps = dev
+            .query_caps()
+            .map_err(|e| io("query capabilities of", e))?;
+        let needed = v4l::capability::Flags::VIDEO_CAPTURE | v4l::capability::Flags::STREAMING;
+        if !caps.capabilities.contains(needed) {
+            return Err(SourceError::Unsupported {
+                device: path.clone(),
+                detail: format!(
+                    "{} ({}) is not a streaming video capture device (capabilities: {}); \
+                     for a camera with several nodes, use the capture node, often the first",
+                    caps.card, caps.driver, caps.capabilities
+                ),
+            });
+        }
+        let fourcc = layout::fourcc_from_str(&s.format).expect("validated by config");
+        let wanted = Format::new(s.width, s.height, FourCC::from(fourcc));
+        let got = dev
+            .set_format(&wanted)
+            .map_err(|e| io("set format on", e))?;
+        let got_fourcc = u32::from(got.fourcc);
+        if (got.width, got.height, got_fourcc) != (s.width, s.height, fourcc) {
+            let offered = dev
+                .enum_formats()
+                .map(|v| {
+                    v.iter()
+                        .map(|d| d.fourcc.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            tracing::warn!(
+                asked = %format!("{}x{} {}", s.width, s.height, s.format),
+                got = %format!("{}x{} {}", got.width, got.height, layout::fourcc_str(got_fourcc)),
+                offered = %offered,
+                "camera chose a different format"
+            );
+        }
+        if got.size == 0 || got.width == 0 || got.height == 0 {
+            return Err(SourceError::Unsupported {
+                device: path.clone(),
+                detail: format!(
+                    "driver reported an empty format ({}x{}, {} bytes)",
+                    got.width, got.height, got.size
+                ),
+            });
+        }
+        match dev.set_params(&v4l::video::capture::Parameters::with_fps(s.fps)) {
+            Ok(p) => {
+                let i = p.interval;
+                let fps = if i.numerator > 0 {
+                    f64::from(i.denominator) / f64::from(i.numerator)
+                } else {
+                    0.0
+                };
+                if (fps - f64::from(s.fps)).abs() > 0.01 {
+                    tracing::warn!(
+                        asked = s.fps,
+                        got = fps,
+                        "camera chose a different frame rate"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "camera does not accept a frame rate; using its default")
+            }
+        }
+        let mut stream = Stream::with_buffers(&dev, Type::VideoCapture, s.buffers)
+            .map_err(|e| io("map buffers of", e))?;
+        stream.set_timeout(Duration::from_millis(200));
+        tracing::info!(
+            device = %path.display(), card = %caps.card, driver = %caps.driver,
+            format = %format!("{}x{} {} stride {}", got.width, got.height, layout::fourcc_str(got_fourcc), got.stride),
+            "camera open"
+        );
+        Ok(Camera {
+            name: self.name.clone(),
+            device: path.clone(),
+            format: got,
+            stream,
+            _dev: dev,
+            stall: Duration::from_secs_f64(s.stall_timeout_secs),
+            last_frame: Instant::now(),
+            slot_count: s.slot_count,
+        })
+    }
+}
+
+impl Device for Camera {
+    fn spec(&self) -> RingSpec {
+        let f = &self.format;
+        RingSpec {
+            name: self.name.clone(),
+            kind: StreamKind::Video,
+            slot_count: self.slot_count,
+            slot_size: u64::from(f.size),
+            video: Some(VideoFormat {
+                width: f.width,
+                height: f.height,
+                fourcc: u32::from(f.fourcc),
+                stride: f.stride,
+            }),
+        }
+    }
+
+    fn pump(
+        &mut self,
+        writer: &mut Writer,
+        health: &StreamHealth,
+        max_wait: Duration,
+    ) -> Result<(), SourceError> {
+        let wait_ms = max_wait.as_millis().clamp(1, i32::MAX as u128) as i32;
+        self.stream
+            .set_timeout(Duration::from_millis(wait_ms as u64));
+        match CaptureStream::next(&mut self.stream) {
+            Ok((buf, meta)) => {
+                self.last_frame = Instant::now();
+                let used = (meta.bytesused as usize).min(buf.len());
+                let mut loan = writer.lend();
+                let slot = loan.buf();
+                let len = used.min(slot.len());
+                slot[..len].copy_from_slice(&buf[..len]);
+                let mut flags = 0;
+                if len < used {
+                    flags |= layout::FLAG_TRUNCATED;
+                    health.truncated();
+                    health.dropped(used - len);
+                }
+                if meta.flags.contains(BufFlags::ERROR) {
+                    flags |= layout::FLAG_DEVICE_ERROR;
+                }
+                let ts = meta.timestamp;
+                let capture_ns = (ts.sec as u64)
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(ts.usec as u64 * 1000);
+                loan.commit(
+                    len,
+                    Meta {
+                        capture_ns,
+                        device_seq: u64::from(meta.sequence),
+                        flags,
+                    },
+                );
+                health.published(len);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                writer.heartbeat();
+                if self.last_frame.elapsed() > self.stall {
+                    return Err(SourceError::Disconnected {
+                        device: self.device.clone(),
+                        detail: format!("no frame for {:.1} s", self.stall.as_secs_f64()),
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => Err(SourceError::from_io(
+                &self.device,
+                "capture from",
+                e,
+                PERMISSION_HINT,
+            )),
+        }
+    }
+}

@@ -161,6 +161,12 @@ fn spawn<O: Opener + 'static>(
 pub fn run(config: &Config, stop_after: Option<Duration>) -> anyhow::Result<()> {
     let shutdown = Shutdown::install().context("install signal handlers")?;
     let agent = Agent::start(config, &shutdown)?;
+    if !config.metrics.listen.is_empty() {
+        let addr = config.metrics_addr()?;
+        let bound = serve_metrics(addr, &agent.streams, &shutdown)
+            .map_err(|e| ConfigError(format!("metrics.listen = {addr}: cannot serve: {e:#}")))?;
+        tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
+    }
     tracing::info!(
         ring_dir = %config.ring.dir.display(),
         streams = agent.streams.len(),
@@ -177,4 +183,42 @@ pub fn run(config: &Config, stop_after: Option<Duration>) -> anyhow::Result<()> 
 /// The ring path of stream `name` under `dir`.
 pub fn ring_path(dir: &Path, name: &str) -> std::path::PathBuf {
     dir.join(format!("{name}.{}", ring::RING_SUFFIX))
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` for `streams` on `addr`, on the endpoint's own
+/// thread. Returns the bound address.
+pub fn serve_metrics(
+    addr: std::net::SocketAddr,
+    streams: &[StreamHealth],
+    shutdown: &Shutdown,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let registry = crate::metrics::new_registry().context("build the metrics registry")?;
+    let exporter = crate::metrics::StreamExporter::register(&registry, streams.to_vec())
+        .context("register stream metrics")?;
+    let ready_streams = streams.to_vec();
+    let endpoint = crate::http::Endpoint {
+        registry,
+        refresh: Box::new(move || exporter.refresh()),
+        readiness: Box::new(move || readiness(&ready_streams)),
+    };
+    Ok(crate::http::spawn(addr, endpoint, shutdown.clone())?)
+}
+
+/// Ready when every configured stream has started and its device is up.
+pub fn readiness(streams: &[StreamHealth]) -> crate::http::Readiness {
+    let problems: Vec<String> = streams
+        .iter()
+        .map(StreamHealth::snapshot)
+        .filter(|s| !(s.started && s.up))
+        .map(|s| match (s.started, s.last_error) {
+            (false, _) => format!("stream {}: not started", s.name),
+            (true, Some(e)) => format!("stream {}: down: {e}", s.name),
+            (true, None) => format!("stream {}: opening its device", s.name),
+        })
+        .collect();
+    if problems.is_empty() {
+        crate::http::Readiness::Ready
+    } else {
+        crate::http::Readiness::NotReady(problems)
+    }
 }

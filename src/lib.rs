@@ -9,6 +9,8 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod http;
+pub mod metrics;
 pub mod ring;
 pub mod ringtool;
 pub mod shutdown;

@@ -155,6 +155,8 @@ struct HealthInner {
     dropped_bytes: AtomicU64,
     truncated: AtomicU64,
     last_publish_ns: AtomicU64,
+    last_publish_mono_ns: AtomicU64,
+    interval: Option<prometheus::Histogram>,
     errors: Mutex<Vec<(&'static str, u64)>>,
     last_error: Mutex<Option<String>>,
     ring: Mutex<Option<(PathBuf, u32, u64)>>,
@@ -194,9 +196,20 @@ pub struct HealthSnapshot {
 impl StreamHealth {
     /// Health for stream `name` of kind `kind`, down until its device opens.
     pub fn new(name: &str, kind: &str) -> StreamHealth {
+        let opts = prometheus::HistogramOpts::new(
+            "edgeplex_capture_interval_seconds",
+            "Time between consecutive messages of a stream.",
+        )
+        .const_label("stream", name)
+        .buckets(vec![
+            0.001, 0.005, 0.01, 0.02, 0.034, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        // Static options; any stream name is a valid label value.
+        let interval = prometheus::Histogram::with_opts(opts).ok();
         let inner = HealthInner {
             name: name.to_owned(),
             kind: kind.to_owned(),
+            interval,
             ..Default::default()
         };
         StreamHealth {
@@ -221,6 +234,16 @@ impl StreamHealth {
         h.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         h.last_publish_ns
             .store(crate::ring::realtime_ns(), Ordering::Relaxed);
+        let now = crate::ring::monotonic_ns();
+        let prev = h.last_publish_mono_ns.swap(now, Ordering::Relaxed);
+        if let (Some(hist), true) = (&h.interval, prev != 0) {
+            hist.observe(now.saturating_sub(prev) as f64 / 1e9);
+        }
+    }
+
+    /// The capture-interval histogram, for registration by the metrics exporter.
+    pub fn interval_histogram(&self) -> Option<prometheus::Histogram> {
+        self.inner.interval.clone()
     }
 
     /// Count bytes the device sent that were dropped (with a reason in the log).

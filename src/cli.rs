@@ -170,4 +170,11 @@ pub struct DemoArgs {
     /// Camera height in pixels.
     #[arg(long, default_value_t = 480)]
     pub height: u32,
+    /// Serve /metrics, /healthz and /readyz here ("" to disable).
+    #[arg(
+        long,
+        env = "EDGEPLEX_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_listen: String,
 }

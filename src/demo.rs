@@ -44,6 +44,24 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 
     let shutdown = Shutdown::install().context("install signal handlers")?;
     let agent = Agent::start(&config, &shutdown)?;
+    let metrics = match args.metrics_listen.as_str() {
+        "" => None,
+        listen => {
+            let addr = listen.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--metrics-listen {listen:?} is not an address such as 127.0.0.1:9464"
+                )
+            })?;
+            match crate::agent::serve_metrics(addr, &agent.streams, &shutdown) {
+                Ok(bound) => Some(bound),
+                Err(e) => {
+                    // The demo still works without its endpoint (say, the port is taken).
+                    tracing::warn!(error = %format!("{e:#}"), "metrics endpoint not started");
+                    None
+                }
+            }
+        }
+    };
     let me = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "edgeplex".into());
@@ -70,6 +88,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "  python3 docs/examples/ring_reader.py {} --count 5",
         ring_path(&dir, "gps0").display()
     );
+    if let Some(addr) = metrics {
+        println!("  curl http://{addr}/metrics   (and /healthz, /readyz)");
+    }
     println!("Press Ctrl-C to stop.");
 
     let streams = agent.streams.clone();

@@ -6,6 +6,7 @@
 //! through its [`StreamHealth`].
 
 pub mod camera;
+pub mod framing;
 pub mod serial;
 pub mod synthetic;
 

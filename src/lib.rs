@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod metrics;
+pub mod power;
 pub mod ring;
 pub mod ringtool;
 pub mod shutdown;
@@ -28,9 +29,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         return EXIT_CONFIG;
     }
     match e.downcast_ref::<ring::RingError>() {
-        Some(ring::RingError::NotFound { .. }) | Some(ring::RingError::Corrupt { .. }) => {
-            EXIT_NOINPUT
-        }
+        Some(ring::RingError::NotFound { .. })
+        | Some(ring::RingError::Corrupt { .. })
+        | Some(ring::RingError::NotAFile { .. }) => EXIT_NOINPUT,
         Some(ring::RingError::NotTmpfs { .. }) | Some(ring::RingError::BadSpec { .. }) => {
             EXIT_CONFIG
         }

@@ -219,8 +219,10 @@ pub fn cat(args: &CatArgs) -> anyhow::Result<()> {
                             tracing::warn!(path = %args.path.display(), "a message was overwritten while being written out");
                         }
                     }
+                    // Flush per message: a consumer piping a 1 Hz sensor into `jq` must see
+                    // each line when it arrives, not after 8 KiB have piled up.
+                    out.flush()?;
                     if args.delay_ms > 0 {
-                        out.flush()?;
                         std::thread::sleep(Duration::from_millis(args.delay_ms));
                     }
                 }

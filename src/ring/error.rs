@@ -9,13 +9,12 @@ use super::layout::HeaderError;
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
     /// The file is not a valid ring: truncated, foreign, hostile or from another version.
-    #[error("ring file {path} is not usable: {source}")]
+    #[error("ring file {path} is not usable: {reason}")]
     Corrupt {
         /// The file.
         path: PathBuf,
-        /// What failed validation.
-        #[source]
-        source: HeaderError,
+        /// What failed validation (part of the message, so not also a `source`).
+        reason: HeaderError,
     },
     /// Permission denied on a ring file or directory.
     #[error("cannot {op} {path}: permission denied; {hint}")]
@@ -67,24 +66,30 @@ pub enum RingError {
         capacity: u64,
     },
     /// The requested ring layout is invalid.
-    #[error("invalid ring layout for {name}: {source}")]
+    #[error("invalid ring layout for {name}: {reason}")]
     BadSpec {
         /// Stream name.
         name: String,
         /// Why.
-        #[source]
-        source: HeaderError,
+        reason: HeaderError,
     },
     /// Any other I/O failure.
-    #[error("cannot {op} {path}: {source}")]
+    #[error("cannot {op} {path}: {error}")]
     Io {
         /// What was attempted.
         op: &'static str,
         /// The file or directory.
         path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
+        /// The OS error (part of the message, so not also a `source`).
+        error: io::Error,
+    },
+    /// The path is not a regular file (a directory, a device, a FIFO).
+    #[error(
+        "{path} is not a regular file, so not a ring; ring files are <ring_dir>/<stream>.ring"
+    )]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
     },
 }
 
@@ -103,7 +108,11 @@ impl RingError {
             _ if source.raw_os_error() == Some(libc::ENOSPC) => {
                 RingError::NoSpace { path, needed: 0 }
             }
-            _ => RingError::Io { op, path, source },
+            _ => RingError::Io {
+                op,
+                path,
+                error: source,
+            },
         }
     }
 }

@@ -443,7 +443,7 @@ fn layout_for(slot_count: u32, slot_size: u64) -> Result<(u64, u64, u64), Header
     if !(MIN_SLOT_COUNT..=MAX_SLOT_COUNT).contains(&slot_count) {
         return Err(HeaderError::BadSlotCount { found: slot_count });
     }
-    if slot_size == 0 || slot_size % SLOT_ALIGN != 0 || slot_size > MAX_SLOT_SIZE {
+    if slot_size == 0 || !slot_size.is_multiple_of(SLOT_ALIGN) || slot_size > MAX_SLOT_SIZE {
         return Err(HeaderError::BadSlotSize { found: slot_size });
     }
     let count = u64::from(slot_count);
@@ -483,13 +483,21 @@ fn get_u64(page: &[u8], at: usize) -> u64 {
 // The mutable words sit on their own cache lines, apart from each other and from the
 // immutable fields readers copy, and every atomic is naturally aligned.
 const _: () = {
-    assert!(off::STATE % 64 == 0 && off::HEAD % 64 == 0 && off::FUTEX % 64 == 0);
-    assert!(off::EPOCH % 8 == 0 && off::HEARTBEAT_NS % 8 == 0 && off::WRITER_PID % 4 == 0);
+    assert!(
+        off::STATE.is_multiple_of(64)
+            && off::HEAD.is_multiple_of(64)
+            && off::FUTEX.is_multiple_of(64)
+    );
+    assert!(
+        off::EPOCH.is_multiple_of(8)
+            && off::HEARTBEAT_NS.is_multiple_of(8)
+            && off::WRITER_PID.is_multiple_of(4)
+    );
     assert!(off::BASE_SEQ + 8 <= off::STATE);
     assert!(off::NAME + NAME_LEN <= off::BASE_SEQ);
     assert!(off::FUTEX + 4 <= HEADER_SIZE as usize);
     assert!(desc::FLAGS + 4 <= DESC_SIZE as usize);
-    assert!(HEADER_SIZE % PAGE == 0);
+    assert!(HEADER_SIZE.is_multiple_of(PAGE));
 };
 
 #[cfg(test)]
@@ -601,7 +609,7 @@ mod tests {
             let mut s = spec(count, size);
             s.kind = StreamKind::Serial;
             let g = Geometry::for_spec(&s, 1, 2).unwrap();
-            prop_assert!(g.slot_size >= size && g.slot_size % SLOT_ALIGN == 0);
+            prop_assert!(g.slot_size >= size && g.slot_size.is_multiple_of(SLOT_ALIGN));
             prop_assert_eq!(parse_header(&page_for(&g), g.file_size), Ok(g.clone()));
             prop_assert!(g.matches(&s));
         }

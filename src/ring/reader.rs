@@ -2,7 +2,7 @@
 
 use std::cell::Cell;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -254,9 +254,10 @@ impl Reader {
         self.lost + self.torn.get()
     }
 
-    /// Messages handed out so far.
+    /// Messages delivered intact so far: handed out, minus those found torn after use
+    /// ([`Message::finish`]). `delivered() + lost()` counts every message the cursor passed.
     pub fn delivered(&self) -> u64 {
-        self.delivered
+        self.delivered - self.torn.get()
     }
 
     /// How many times the reader followed a replaced file.
@@ -382,8 +383,11 @@ impl Message<'_> {
 
 /// Open `path` read-only and validate its header against its real size, without mapping it.
 pub(super) fn open_validated(path: &Path) -> Result<(File, Geometry), RingError> {
+    // O_NONBLOCK: a FIFO at the path must be refused below, not block this open forever. It has
+    // no effect on regular files.
     let file = OpenOptions::new()
         .read(true)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::PermissionDenied => RingError::PermissionDenied {
@@ -398,19 +402,17 @@ pub(super) fn open_validated(path: &Path) -> Result<(File, Geometry), RingError>
         .metadata()
         .map_err(|e| RingError::io("stat", path, e))?;
     if !meta.is_file() {
-        return Err(RingError::Io {
-            op: "open",
+        return Err(RingError::NotAFile {
             path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
         });
     }
     let len = meta.len();
     let mut page = vec![0u8; layout::HEADER_SIZE.min(len) as usize];
     file.read_exact_at(&mut page, 0)
         .map_err(|e| RingError::io("read", path, e))?;
-    let geometry = layout::parse_header(&page, len).map_err(|source| RingError::Corrupt {
+    let geometry = layout::parse_header(&page, len).map_err(|reason| RingError::Corrupt {
         path: path.to_path_buf(),
-        source,
+        reason,
     })?;
     Ok((file, geometry))
 }

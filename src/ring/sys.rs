@@ -232,7 +232,10 @@ impl Mem {
             "ring access {off}+{len} past mapping of {}",
             self.len()
         );
-        assert!(off % align == 0, "ring access at {off} not {align}-aligned");
+        assert!(
+            off.is_multiple_of(align),
+            "ring access at {off} not {align}-aligned"
+        );
         off as usize
     }
 

@@ -59,9 +59,9 @@ impl Writer {
     /// (new file renamed over the old one, old one retired) if its layout differs or it is
     /// corrupt. A reopened or replacing writer bumps the epoch and continues the message numbers.
     pub fn open(path: &Path, spec: &RingSpec, opts: &CreateOptions) -> Result<Writer, RingError> {
-        let wanted = Geometry::for_spec(spec, 0, 0).map_err(|source| RingError::BadSpec {
+        let wanted = Geometry::for_spec(spec, 0, 0).map_err(|reason| RingError::BadSpec {
             name: spec.name.clone(),
-            source,
+            reason,
         })?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -146,10 +146,10 @@ impl Writer {
         base: u64,
         epoch: u64,
     ) -> Result<Writer, RingError> {
-        let geometry = Geometry::for_spec(spec, sys::realtime_ns(), base).map_err(|source| {
+        let geometry = Geometry::for_spec(spec, sys::realtime_ns(), base).map_err(|reason| {
             RingError::BadSpec {
                 name: spec.name.clone(),
-                source,
+                reason,
             }
         })?;
         let file_name = path

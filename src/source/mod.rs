@@ -52,15 +52,14 @@ pub enum SourceError {
         detail: String,
     },
     /// Any other device I/O error.
-    #[error("{device}: {op}: {source}")]
+    #[error("{device}: {op}: {error}")]
     Io {
         /// Device path.
         device: PathBuf,
         /// What was attempted.
         op: &'static str,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The OS error (part of the message, so not also a `source`).
+        error: std::io::Error,
     },
     /// The ring could not be created or reopened.
     #[error(transparent)]
@@ -105,7 +104,7 @@ impl SourceError {
             _ => SourceError::Io {
                 device,
                 op,
-                source: e,
+                error: e,
             },
         }
     }

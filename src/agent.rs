@@ -161,9 +161,11 @@ fn spawn<O: Opener + 'static>(
 pub fn run(config: &Config, stop_after: Option<Duration>) -> anyhow::Result<()> {
     let shutdown = Shutdown::install().context("install signal handlers")?;
     let agent = Agent::start(config, &shutdown)?;
+    let power = crate::power::watch::spawn(config.power.clone(), &shutdown)
+        .context("start the power watcher")?;
     if !config.metrics.listen.is_empty() {
         let addr = config.metrics_addr()?;
-        let bound = serve_metrics(addr, &agent.streams, &shutdown)
+        let bound = serve_metrics(addr, &agent.streams, &power, &shutdown)
             .map_err(|e| ConfigError(format!("metrics.listen = {addr}: cannot serve: {e:#}")))?;
         tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
     }
@@ -190,15 +192,21 @@ pub fn ring_path(dir: &Path, name: &str) -> std::path::PathBuf {
 pub fn serve_metrics(
     addr: std::net::SocketAddr,
     streams: &[StreamHealth],
+    power: &crate::power::watch::PowerState,
     shutdown: &Shutdown,
 ) -> anyhow::Result<std::net::SocketAddr> {
     let registry = crate::metrics::new_registry().context("build the metrics registry")?;
     let exporter = crate::metrics::StreamExporter::register(&registry, streams.to_vec())
         .context("register stream metrics")?;
+    let power = crate::metrics::PowerExporter::register(&registry, power.clone())
+        .context("register battery metrics")?;
     let ready_streams = streams.to_vec();
     let endpoint = crate::http::Endpoint {
         registry,
-        refresh: Box::new(move || exporter.refresh()),
+        refresh: Box::new(move || {
+            exporter.refresh();
+            power.refresh();
+        }),
         readiness: Box::new(move || readiness(&ready_streams)),
     };
     Ok(crate::http::spawn(addr, endpoint, shutdown.clone())?)

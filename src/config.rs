@@ -43,6 +43,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Agent behaviour.
     pub agent: AgentConfig,
+    /// Battery monitoring.
+    pub power: crate::power::PowerConfig,
     /// Streams by name.
     pub streams: BTreeMap<String, StreamConfig>,
 }
@@ -297,7 +299,7 @@ fn parse_value(raw: &str) -> Value {
 
 /// Turn a merged table into a validated `Config`.
 pub fn from_table(mut table: Table) -> Result<Config, ConfigError> {
-    const TOP: &str = "ring, metrics, log, agent, stream";
+    const TOP: &str = "ring, metrics, log, agent, power, stream";
     let streams_raw = match table.remove("stream") {
         None => Table::new(),
         Some(Value::Table(t)) => t,
@@ -311,6 +313,7 @@ pub fn from_table(mut table: Table) -> Result<Config, ConfigError> {
     let metrics: MetricsConfig = section(&mut table, "metrics")?;
     let log: LogConfig = section(&mut table, "log")?;
     let agent: AgentConfig = section(&mut table, "agent")?;
+    let power: crate::power::PowerConfig = section(&mut table, "power")?;
     if let Some(key) = table.keys().next() {
         return Err(ConfigError(format!(
             "unknown key {key:?}; top-level sections are: {TOP}"
@@ -372,6 +375,7 @@ pub fn from_table(mut table: Table) -> Result<Config, ConfigError> {
         metrics,
         log,
         agent,
+        power,
         streams,
     };
     config.validate()?;
@@ -448,6 +452,7 @@ fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
 
 impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.power.validate("power").map_err(ConfigError)?;
         self.ring_mode()?;
         self.ring_group()?;
         if !self.metrics.listen.is_empty() {

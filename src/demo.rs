@@ -52,7 +52,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
                     "--metrics-listen {listen:?} is not an address such as 127.0.0.1:9464"
                 )
             })?;
-            match crate::agent::serve_metrics(addr, &agent.streams, &shutdown) {
+            let power = crate::power::watch::spawn(config.power.clone(), &shutdown)
+                .context("start the power watcher")?;
+            match crate::agent::serve_metrics(addr, &agent.streams, &power, &shutdown) {
                 Ok(bound) => Some(bound),
                 Err(e) => {
                     // The demo still works without its endpoint (say, the port is taken).

@@ -182,3 +182,88 @@ pub fn register_gauge(registry: &Registry, name: &str, help: &str) -> prometheus
     registry.register(Box::new(g.clone()))?;
     Ok(g)
 }
+
+/// Battery and power-class metrics, refreshed from the power watcher at scrape time.
+#[derive(Debug)]
+pub struct PowerExporter {
+    state: crate::power::watch::PowerState,
+    present: prometheus::IntGauge,
+    capacity: Gauge,
+    voltage: Gauge,
+    power: Gauge,
+    time_to_empty: Gauge,
+    status: IntGaugeVec,
+    class: IntGaugeVec,
+}
+
+impl PowerExporter {
+    /// Register the battery metrics into `registry`.
+    pub fn register(
+        registry: &Registry,
+        state: crate::power::watch::PowerState,
+    ) -> prometheus::Result<PowerExporter> {
+        let present = prometheus::IntGauge::new(
+            "edgeplex_battery_present",
+            "1 if the node has a system battery.",
+        )?;
+        registry.register(Box::new(present.clone()))?;
+        let status = IntGaugeVec::new(
+            Opts::new(
+                "edgeplex_battery_status_info",
+                "Battery status from the power-supply class (1 for the current one).",
+            ),
+            &["status"],
+        )?;
+        registry.register(Box::new(status.clone()))?;
+        let class = IntGaugeVec::new(
+            Opts::new(
+                "edgeplex_power_class",
+                "Power class with hysteresis: normal, low or critical (1 for the current one).",
+            ),
+            &["class"],
+        )?;
+        registry.register(Box::new(class.clone()))?;
+        Ok(PowerExporter {
+            state,
+            present,
+            capacity: register_gauge(registry, "edgeplex_battery_capacity_ratio", "Remaining battery capacity, 0 to 1.")?,
+            voltage: register_gauge(registry, "edgeplex_battery_voltage_volts", "Battery voltage.")?,
+            power: register_gauge(registry, "edgeplex_battery_power_watts", "Power drawn from (or into) the battery.")?,
+            time_to_empty: register_gauge(
+                registry,
+                "edgeplex_battery_time_to_empty_seconds",
+                "Estimated seconds until the battery is empty (NaN when not discharging or unknown).",
+            )?,
+            status,
+            class,
+        })
+    }
+
+    /// Copy the latest power snapshot into the registry.
+    pub fn refresh(&self) {
+        use crate::power::{PowerClass, Status};
+        let Some(s) = self.state.get() else { return };
+        self.present.set(i64::from(s.battery));
+        let or_nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
+        self.capacity.set(or_nan(s.capacity_ratio));
+        self.voltage.set(or_nan(s.voltage_v));
+        self.power.set(or_nan(s.power_w));
+        self.time_to_empty.set(or_nan(s.time_to_empty_s));
+        for st in [
+            Status::Unknown,
+            Status::Charging,
+            Status::Discharging,
+            Status::NotCharging,
+            Status::Full,
+        ] {
+            self.status
+                .with_label_values(&[st.as_str()])
+                .set(i64::from(s.status == Some(st)));
+        }
+        for c in [PowerClass::Normal, PowerClass::Low, PowerClass::Critical] {
+            self.class
+                .with_label_values(&[c.as_str()])
+                .set(i64::from(s.class == c));
+        }
+    }
+}

@@ -51,6 +51,7 @@
 mod estimate;
 mod monitor;
 mod sysfs;
+pub mod watch;
 
 use std::path::PathBuf;
 

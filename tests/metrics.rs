@@ -1,0 +1,485 @@
+//! The observability endpoint as operators meet it: scraped by a real Prometheus, checked by
+//! promtool, and hammered by hostile clients while the camera keeps its rate.
+//!
+//! Prometheus and promtool come from Debian's `prometheus` package, which `.ci/run` installs. In
+//! CI (`CI` set) their absence fails the test; elsewhere it is reported and the test returns.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const EDGEPLEX: &str = env!("CARGO_BIN_EXE_edgeplex");
+
+/// Tests here spawn processes, and one holds pty fds that are not close-on-exec: a process
+/// spawned meanwhile would inherit them and keep the "unplugged" device alive. One at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn tool(name: &str) -> Option<String> {
+    for dir in ["/usr/bin", "/usr/local/bin", "/bin"] {
+        let p = format!("{dir}/{name}");
+        if Path::new(&p).exists() {
+            return Some(p);
+        }
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{name} is missing: install Debian's prometheus package (.ci/run does)");
+    }
+    eprintln!("skipping: {name} is not installed (apt-get install prometheus)");
+    None
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A bounded HTTP/1.1 GET.
+fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn wait_http(addr: SocketAddr, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, _)) = get(addr, path) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr}{path} never answered 200");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn demo(rings: &Path, metrics: SocketAddr, fps: u32) -> Proc {
+    let child = Command::new(EDGEPLEX)
+        .args([
+            "demo",
+            "--width",
+            "320",
+            "--height",
+            "240",
+            "--fps",
+            &fps.to_string(),
+        ])
+        .arg("--ring-dir")
+        .arg(rings)
+        .args(["--metrics-listen", &metrics.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_demo() {
+    let _serial = one_at_a_time();
+    let (Some(prometheus), Some(promtool)) = (tool("prometheus"), tool("promtool")) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let rings = tempfile::Builder::new()
+        .prefix("edgeplex-prom")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let agent_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _demo = demo(rings.path(), agent_addr, 30);
+    wait_http(agent_addr, "/metrics");
+
+    // promtool check metrics on a real scrape.
+    let (_, scrape) = get(agent_addr, "/metrics").unwrap();
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let prom_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = work.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: edgeplex\n    static_configs:\n      - targets: [\"{agent_addr}\"]\n"
+        ),
+    )
+    .unwrap();
+    let _prom = Proc(
+        Command::new(&prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                work.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_http(prom_addr, "/-/ready");
+
+    let query = |q: &str| -> Vec<Value> {
+        let path = format!("/api/v1/query?query={}", urlencode(q));
+        let (status, body) = get(prom_addr, &path).unwrap();
+        assert_eq!(status, 200, "{q}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    };
+    let value = |r: &Value| r["value"][1].as_str().unwrap().parse::<f64>().unwrap();
+    let counter = "edgeplex_ring_messages_published_total{stream=\"cam0\"}";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Some(r) = query(counter).first() {
+            break value(r);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped {counter}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let later = loop {
+        let v = query(counter).first().map(value).unwrap_or(first);
+        if v > first {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{counter} did not increase past {first}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(later > first);
+    let build = query("edgeplex_build_info");
+    assert_eq!(build.len(), 1, "build info: {build:?}");
+    assert_eq!(build[0]["metric"]["version"], env!("CARGO_PKG_VERSION"));
+    for metric in ["edgeplex_battery_present", "edgeplex_power_class"] {
+        assert!(
+            !query(metric).is_empty(),
+            "{metric} is missing from Prometheus"
+        );
+    }
+    assert_eq!(
+        query("edgeplex_source_up{stream=\"gps0\"}")
+            .first()
+            .map(value),
+        Some(1.0)
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn promtool_accepts_the_alert_rules() {
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/monitoring/alerts.yaml"
+    );
+    let out = Command::new(promtool)
+        .args(["check", "rules", rules])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_prometheus_rule_matches_the_alert_rules() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/monitoring");
+    let plain = std::fs::read_to_string(format!("{dir}/alerts.yaml")).unwrap();
+    let crd = std::fs::read_to_string(format!("{dir}/prometheusrule.yaml")).unwrap();
+    let groups = |text: &str, indent: usize| -> Vec<String> {
+        let from = text
+            .lines()
+            .position(|l| l.trim_start() == "groups:")
+            .unwrap();
+        text.lines()
+            .skip(from)
+            .map(|l| l.get(indent..).unwrap_or("").trim_end().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        groups(&plain, 0),
+        groups(&crd, 2),
+        "prometheusrule.yaml must carry exactly the rules of alerts.yaml"
+    );
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{dir}/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    for m in [
+        "edgeplex_ring_messages_published_total",
+        "edgeplex_battery_time_to_empty_seconds",
+        "edgeplex_failover_handovers_total",
+    ] {
+        assert!(exprs.iter().any(|e| e.contains(m)), "dashboard lacks {m}");
+    }
+}
+
+/// Frames per second of a ring over a window, from the ring's own sequence numbers and publish
+/// timestamps (not from this test's clock).
+fn ring_rate(ring: &Path, window: Duration) -> f64 {
+    let first = newest(ring);
+    std::thread::sleep(window);
+    let last = newest(ring);
+    (last.0 - first.0) as f64 / ((last.1 - first.1) as f64 / 1e9)
+}
+
+fn newest(ring: &Path) -> (u64, u64) {
+    let out = Command::new(EDGEPLEX)
+        .args(["ring", "cat", "--meta", "--from", "newest", "--count", "1"])
+        .arg(ring)
+        .output()
+        .unwrap();
+    let line: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    (
+        line["seq"].as_u64().unwrap(),
+        line["publish_ns"].as_u64().unwrap(),
+    )
+}
+
+/// 1000 scrapes from 16 concurrent clients plus slowloris connections. The endpoint answers
+/// every scrape, closes the slow connections itself, and the camera keeps publishing. The
+/// frame rate with and without the storm is printed (measured from the ring) for the record;
+/// it is not asserted, because tests do not assert time.
+#[test]
+fn hostile_scrapers_do_not_stop_capture() {
+    let _serial = one_at_a_time();
+    let rings = tempfile::Builder::new()
+        .prefix("edgeplex-hostile")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _demo = demo(rings.path(), addr, 30);
+    wait_http(addr, "/metrics");
+    let cam = rings.path().join("cam0.ring");
+    let calm = ring_rate(&cam, Duration::from_secs(3));
+
+    // Slowloris: connections that send half a request and then nothing.
+    let slow: Vec<TcpStream> = (0..32)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let before = newest(&cam).0;
+    let storm_start = newest(&cam);
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut ok = 0;
+                for _ in 0..1000 / 16 + 1 {
+                    if let Ok((200, body)) = get(addr, "/metrics") {
+                        if body.contains("edgeplex_build_info") {
+                            ok += 1;
+                        }
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let ok: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let storm_end = newest(&cam);
+    assert!(
+        ok >= 1000,
+        "only {ok} of {} scrapes answered",
+        (1000 / 16 + 1) * 16
+    );
+    assert!(
+        storm_end.0 > before,
+        "the camera kept publishing during the storm"
+    );
+    let stormy =
+        (storm_end.0 - storm_start.0) as f64 / ((storm_end.1 - storm_start.1) as f64 / 1e9);
+
+    // The server closes the slowloris connections by itself (header read timeout).
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 512];
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue, // a 408 response before the close is fine
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "a slowloris connection was left open");
+    }
+    eprintln!("camera rate from the ring: calm {calm:.3} fps, during 1000 scrapes {stormy:.3} fps, ratio {:.4}", stormy / calm);
+}
+
+/// The endpoints tell the truth: a serial device (a real pty) that vanishes makes `/readyz`
+/// fail naming the stream and flips `edgeplex_source_up` to 0; when it returns, both recover.
+#[test]
+fn readyz_and_source_up_follow_the_device() {
+    let _serial = one_at_a_time();
+    use serialport::{SerialPort, TTYPort};
+    let rings = tempfile::Builder::new()
+        .prefix("edgeplex-ready")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let link = rings.path().join("ttyGPS");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = rings.path().join("edgeplex.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ring]\ndir = \"{dir}\"\n[metrics]\nlisten = \"{addr}\"\n[agent]\nretry_initial_secs = 0.1\nretry_max_secs = 0.5\n\
+             [stream.gps0]\ntype = \"serial\"\ndevice = \"{link}\"\nbaud = 9600\n\
+             [stream.cam0]\ntype = \"test-pattern\"\nwidth = 64\nheight = 48\nfps = 10\n",
+            dir = rings.path().display(),
+            link = link.display()
+        ),
+    )
+    .unwrap();
+    let _agent = Proc(
+        Command::new(EDGEPLEX)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let source_up = |stream: &str| -> Option<f64> {
+        let (_, body) = get(addr, "/metrics").ok()?;
+        let prefix = format!("edgeplex_source_up{{stream=\"{stream}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // The pty is made after the agent starts: its fds are not close-on-exec, and an agent that
+    // inherited the master would keep the "device" alive after the test unplugs it. The agent
+    // starts with the device missing and picks it up when it appears.
+    let (master, slave) = TTYPort::pair().expect("create a pty pair");
+    std::os::unix::fs::symlink(slave.name().unwrap(), &link).unwrap();
+    wait("ready with the pty present", &|| {
+        matches!(get(addr, "/readyz"), Ok((200, _)))
+    });
+    assert_eq!(source_up("gps0"), Some(1.0));
+
+    // Unplug: the device's pty goes away.
+    drop(master);
+    drop(slave);
+    wait("readyz fails", &|| {
+        matches!(get(addr, "/readyz"), Ok((503, _)))
+    });
+    let (_, body) = get(addr, "/readyz").unwrap();
+    assert!(
+        body.contains("stream gps0: down"),
+        "readyz names the stream and why: {body:?}"
+    );
+    assert!(
+        !body.contains("cam0"),
+        "the healthy stream is not blamed: {body:?}"
+    );
+    wait("source_up 0", &|| source_up("gps0") == Some(0.0));
+    assert_eq!(source_up("cam0"), Some(1.0), "other streams keep running");
+
+    // Plug back in: a new pty behind the same stable name.
+    let (_master2, slave2) = TTYPort::pair().expect("create a pty pair");
+    let tmp = rings.path().join("ttyGPS.new");
+    std::os::unix::fs::symlink(slave2.name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, &link).unwrap();
+    wait("readyz recovers", &|| {
+        matches!(get(addr, "/readyz"), Ok((200, _)))
+    });
+    wait("source_up 1", &|| source_up("gps0") == Some(1.0));
+    let (_, metrics) = get(addr, "/metrics").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("edgeplex_source_reconnects_total{stream=\"gps0\"} 1")),
+        "the reconnect is counted"
+    );
+}

@@ -163,9 +163,23 @@ pub fn run(config: &Config, stop_after: Option<Duration>) -> anyhow::Result<()> 
     let agent = Agent::start(config, &shutdown)?;
     let power = crate::power::watch::spawn(config.power.clone(), &shutdown)
         .context("start the power watcher")?;
+    let registry = crate::metrics::new_registry().context("build the metrics registry")?;
+    // Kubernetes runs on its own thread and runtime; an API-server outage never reaches capture.
+    let inputs = crate::node::Inputs::new(agent.streams.clone()).with_power(power.subscribe());
+    let publisher = crate::node::start(
+        &config.kube,
+        config.node.clone(),
+        inputs,
+        &registry,
+        &shutdown,
+    )
+    .map_err(|e| match e {
+        crate::node::NodeError::Kube(k) => anyhow::Error::from(ConfigError(format!("kube: {k}"))),
+        e => anyhow::Error::from(e).context("start the node publisher"),
+    })?;
     if !config.metrics.listen.is_empty() {
         let addr = config.metrics_addr()?;
-        let bound = serve_metrics(addr, &agent.streams, &power, &shutdown)
+        let bound = serve_metrics(addr, &registry, &agent.streams, &power, &shutdown)
             .map_err(|e| ConfigError(format!("metrics.listen = {addr}: cannot serve: {e:#}")))?;
         tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
     }
@@ -179,6 +193,9 @@ pub fn run(config: &Config, stop_after: Option<Duration>) -> anyhow::Result<()> 
         shutdown.sleep_until(Instant::now() + d);
     }
     agent.wait();
+    if let Some(p) = publisher {
+        p.join();
+    }
     Ok(())
 }
 
@@ -191,11 +208,12 @@ pub fn ring_path(dir: &Path, name: &str) -> std::path::PathBuf {
 /// thread. Returns the bound address.
 pub fn serve_metrics(
     addr: std::net::SocketAddr,
+    registry: &prometheus::Registry,
     streams: &[StreamHealth],
     power: &crate::power::watch::PowerState,
     shutdown: &Shutdown,
 ) -> anyhow::Result<std::net::SocketAddr> {
-    let registry = crate::metrics::new_registry().context("build the metrics registry")?;
+    let registry = registry.clone();
     let exporter = crate::metrics::StreamExporter::register(&registry, streams.to_vec())
         .context("register stream metrics")?;
     let power = crate::metrics::PowerExporter::register(&registry, power.clone())

@@ -45,6 +45,10 @@ pub struct Config {
     pub agent: AgentConfig,
     /// Battery monitoring.
     pub power: crate::power::PowerConfig,
+    /// Connecting to Kubernetes.
+    pub kube: crate::kube::KubeSettings,
+    /// What the node publisher asserts on this Node.
+    pub node: crate::node::NodeSettings,
     /// Streams by name.
     pub streams: BTreeMap<String, StreamConfig>,
 }
@@ -299,7 +303,7 @@ fn parse_value(raw: &str) -> Value {
 
 /// Turn a merged table into a validated `Config`.
 pub fn from_table(mut table: Table) -> Result<Config, ConfigError> {
-    const TOP: &str = "ring, metrics, log, agent, power, stream";
+    const TOP: &str = "ring, metrics, log, agent, power, kube, node, stream";
     let streams_raw = match table.remove("stream") {
         None => Table::new(),
         Some(Value::Table(t)) => t,
@@ -314,6 +318,8 @@ pub fn from_table(mut table: Table) -> Result<Config, ConfigError> {
     let log: LogConfig = section(&mut table, "log")?;
     let agent: AgentConfig = section(&mut table, "agent")?;
     let power: crate::power::PowerConfig = section(&mut table, "power")?;
+    let kube: crate::kube::KubeSettings = section(&mut table, "kube")?;
+    let node: crate::node::NodeSettings = section(&mut table, "node")?;
     if let Some(key) = table.keys().next() {
         return Err(ConfigError(format!(
             "unknown key {key:?}; top-level sections are: {TOP}"
@@ -376,6 +382,8 @@ pub fn from_table(mut table: Table) -> Result<Config, ConfigError> {
         log,
         agent,
         power,
+        kube,
+        node,
         streams,
     };
     config.validate()?;
@@ -453,6 +461,12 @@ fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
 impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.power.validate("power").map_err(ConfigError)?;
+        self.kube.validate("kube").map_err(ConfigError)?;
+        self.node.validate("node").map_err(ConfigError)?;
+        let names: Vec<&str> = self.streams.keys().map(String::as_str).collect();
+        self.node
+            .validate_streams("node", &names)
+            .map_err(ConfigError)?;
         self.ring_mode()?;
         self.ring_group()?;
         if !self.metrics.listen.is_empty() {

@@ -54,7 +54,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             })?;
             let power = crate::power::watch::spawn(config.power.clone(), &shutdown)
                 .context("start the power watcher")?;
-            match crate::agent::serve_metrics(addr, &agent.streams, &power, &shutdown) {
+            let registry = crate::metrics::new_registry().context("build the metrics registry")?;
+            match crate::agent::serve_metrics(addr, &registry, &agent.streams, &power, &shutdown) {
                 Ok(bound) => Some(bound),
                 Err(e) => {
                     // The demo still works without its endpoint (say, the port is taken).

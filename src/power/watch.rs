@@ -1,26 +1,40 @@
 //! The agent's battery watcher: samples the power-supply class on its own thread and keeps the
 //! latest [`PowerSnapshot`] where metrics and the node publisher can read it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{read_supplies, Monitor, PowerClass, PowerConfig, PowerSnapshot};
 use crate::shutdown::Shutdown;
 
-/// The latest power snapshot, shared. `None` until the first sample.
-#[derive(Debug, Clone, Default)]
+/// The latest power snapshot, shared. `None` until the first sample. Async code (the node
+/// publisher) can [`PowerState::subscribe`] to changes.
+#[derive(Debug, Clone)]
 pub struct PowerState {
-    inner: Arc<Mutex<Option<PowerSnapshot>>>,
+    tx: Arc<tokio::sync::watch::Sender<Option<PowerSnapshot>>>,
+}
+
+impl Default for PowerState {
+    fn default() -> Self {
+        PowerState {
+            tx: Arc::new(tokio::sync::watch::Sender::new(None)),
+        }
+    }
 }
 
 impl PowerState {
     /// The latest snapshot.
     pub fn get(&self) -> Option<PowerSnapshot> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.tx.borrow().clone()
+    }
+
+    /// A receiver that sees every new snapshot.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<PowerSnapshot>> {
+        self.tx.subscribe()
     }
 
     fn set(&self, s: PowerSnapshot) {
-        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+        self.tx.send_replace(Some(s));
     }
 }
 

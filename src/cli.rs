@@ -66,6 +66,9 @@ pub enum Command {
     /// Measure ring fan-out cost and wake-up latency on this machine against a Unix-socket
     /// baseline, and print one JSON object.
     Bench(crate::bench::BenchArgs),
+    /// Copy a window of a ring's messages into files (JSON lines or frames plus an index),
+    /// optionally upload them with HTTP PUT, and remember where the export stopped.
+    Export(crate::export::ExportArgs),
     /// Internal: a reader process spawned by `edgeplex bench`.
     #[command(hide = true)]
     BenchReader(crate::bench::ReaderArgs),

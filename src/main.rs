@@ -8,7 +8,10 @@ use edgeplex::cli::{Cli, Command, LogFormat, RingCommand};
 use edgeplex::config::{self, Overrides};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = match &cli.command {
         Command::Run(args) => {
             let flags = Overrides {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
                 Command::Ring(RingCommand::Cat(args)) => edgeplex::ringtool::cat(args),
                 Command::Demo(args) => edgeplex::demo::run(args),
                 Command::Bench(args) => edgeplex::bench::run(args),
+                Command::Export(args) => edgeplex::export::run(args),
                 Command::BenchReader(args) => edgeplex::bench::run_reader(args),
                 Command::Run(_) => unreachable!("handled above"),
             }
@@ -70,6 +74,27 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("edgeplex: {e:#}");
             ExitCode::from(edgeplex::exit_code(&e))
+        }
+    }
+}
+
+/// Help and version go to stdout with success; a usage error is one line and exit 64.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            eprintln!("edgeplex: {first}; see edgeplex --help");
+            ExitCode::from(edgeplex::EXIT_CONFIG)
         }
     }
 }

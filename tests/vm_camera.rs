@@ -145,6 +145,8 @@ fn vm_harness_probe() {
 /// like to the agent; once the agent has let go, `rmmod vivid` removes the driver, and
 /// `modprobe vivid` plugs the camera back in.
 const AGENT_BODY: &str = r##"
+# Kernel messages (vivid's "disconnect", say) must not land in the middle of our output lines.
+dmesg -n 1
 fail() { echo "AGENT-FAIL: $*"; sed 's/^/LOG: /' /tmp/agent.log; exit 1; }
 wait_for() { # wait_for SECONDS TEST-ARGS...
   n=$(( $1 * 10 )); shift; i=0
@@ -201,7 +203,14 @@ kill $agent
 
 fn frames(out: &vm::VmOutput, prefix: &str) -> Vec<serde_json::Value> {
     out.lines_with(prefix)
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .map(|l| {
+            // The first JSON value on the line; the console may carry a stray byte after it.
+            serde_json::Deserializer::from_str(l)
+                .into_iter::<serde_json::Value>()
+                .next()
+                .and_then(Result::ok)
+                .unwrap_or_else(|| panic!("not a JSON line: {l:?}"))
+        })
         .filter(|v| v.get("event").is_none())
         .collect()
 }

@@ -1,0 +1,876 @@
+//! `edgeplex export`: copy the messages of a window out of a ring into files, optionally upload
+//! them with HTTP PUT, and remember where the export stopped.
+//!
+//! Built for scheduled runs (a Kubernetes CronJob, a systemd timer): each run reads what the ring
+//! holds *now* (up to the `head` it sees at start, never waiting for more) and stops. It is only a
+//! [`Reader`], so it can never slow or block the writer.
+//!
+//! # Window
+//! - `--since-last` (the default when `--state` is given): every message after the last one the
+//!   previous run exported. Message numbers continue across writer restarts and geometry
+//!   changes, so "after" is exact: nothing duplicated, nothing skipped, as long as the ring still
+//!   holds the messages. Messages no longer in the ring (the writer lapped the exporter between
+//!   runs, or overwrote or tore a message while it was being copied) are **gaps**: counted, logged,
+//!   listed in the summary and written as `{"type":"gap",...}` lines into the output.
+//! - `--since DURATION` (`10s`, `30m`, `1h`, `2d`, `500ms`): every message the ring still holds
+//!   whose `publish_ns` (CLOCK_REALTIME) is at most that long ago. A gap is counted there only
+//!   when it lies inside the window (it is followed by a message inside the window, or at the
+//!   tail).
+//! - neither: everything the ring holds.
+//!
+//! # Output (`--out DIR`)
+//! Files are named after the ring file's stem (`<stream>`) and the window `[from, to)`:
+//! - `--format jsonl` (default for `bytes` and `serial` rings): `<stream>-<from>-<to>.jsonl`, one
+//!   JSON object per line: `{"type":"sample","seq","epoch","device_seq","capture_ns",
+//!   "publish_ns","flags","len","encoding","payload"}` where `encoding` is `"utf8"` (payload is the
+//!   text itself) or `"base64"` (RFC 4648 standard alphabet, with padding) when the payload is
+//!   not valid UTF-8; and `{"type":"gap","from_seq","to_seq","count","reason"}` for lost ranges.
+//! - `--format frames` (default for `video` rings): one file per frame, `<stream>-<seq>.<ext>`
+//!   (`ext` from the fourcc: `jpg` for MJPG/JPEG, else the lower-case fourcc, `bin` if none),
+//!   plus the index `<stream>-<from>-<to>.index.jsonl` with one line per frame
+//!   (`{"type":"frame","file","seq","epoch","device_seq","capture_ns","publish_ns","flags","len",
+//!   "width","height","fourcc","stride"}`) and the same gap lines.
+//!
+//! Every file is written to a temporary name, synced and renamed, so a reader of `DIR` never sees
+//! half a file. A window that holds no message and no gap writes no file.
+//!
+//! # Upload (`--upload http://host[:port]/path`)
+//! Each file is sent with `PUT <path>/<file name>` over plain HTTP/1.1 (no TLS: put a
+//! TLS-terminating proxy or sidecar in front for remote servers), with `Content-Length` and
+//! `X-Edgeplex-Fnv1a64: <16 lower-case hex digits>`, the 64-bit FNV-1a hash of the body
+//! (offset basis `0xcbf29ce484222325`, prime `0x100000001b3`). Frames go first and the index
+//! last, so an index on the server means its frames are there. Connection errors, 5xx, 408 and
+//! 429 are retried `--retries` times with exponential backoff (100 ms, doubling, at most 5 s);
+//! other statuses fail at once. A failed upload exits 1 and leaves the state file unchanged, so
+//! the next run exports and uploads the same window again (the same file names, if the ring has
+//! not moved on).
+//!
+//! # State (`--state FILE`)
+//! A small JSON object, written (temporary file, fsync, rename) only after every output file was
+//! written and uploaded:
+//! `{"version":1,"ring":PATH,"stream":NAME,"created_ns":N,"base_seq":N,"next_seq":N,
+//! "last_seq":N|null,"last_epoch":N|null,"updated_ns":N}`. `next_seq` is the first message the
+//! next run exports; `last_seq` and `last_epoch` are the number and writer epoch of the last
+//! message exported so far. `created_ns` and `base_seq` identify the ring file: when the ring was
+//! re-created from scratch (its numbering restarted below `next_seq`), the next run starts over
+//! at the new file's first message and reports `"reset":true`.
+//!
+//! A run holds an exclusive lock on `FILE.lock` (created next to it), so two runs with one
+//! state file cannot export the same window twice: the second exits 1 at once.
+//!
+//! # Summary
+//! One JSON object on stdout: `ring`, `stream`, `format`, `mode`, `from_seq`, `to_seq` (the window
+//! is `[from_seq, to_seq)`), `exported`, `gaps` (messages lost), `gap_ranges`, `files`,
+//! `uploaded`, `reset`, `state`, `duration` (seconds).
+//!
+//! # Exit codes
+//! 0 success; 64 usage error (bad `--since`, missing `--out`, unusable state file); 66 ring
+//! missing or corrupt; 1 anything else, notably a failed upload.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+use crate::ring::{self, layout, Reader, Recv, Start, StreamKind};
+
+/// `edgeplex export`
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Ring file to export, e.g. /dev/shm/snap.edgeplex/cam0.ring.
+    pub ring: PathBuf,
+    /// Directory to write the files to (created if missing). Required.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Export the messages published within this duration before now: 500ms, 10s, 30m, 1h, 2d.
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+    /// Export every message after the last exported one (needs --state; the default with it).
+    #[arg(long)]
+    pub since_last: bool,
+    /// State file: where the last export stopped. Updated only after a fully successful run.
+    #[arg(long, env = "EDGEPLEX_EXPORT_STATE", value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Upload every file with HTTP PUT to URL/<file name> (http:// only).
+    #[arg(long, value_name = "URL")]
+    pub upload: Option<String>,
+    /// Retries per file after a failed upload attempt.
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    /// Output format: jsonl for samples, frames for video (auto picks by the ring's kind).
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
+}
+
+/// Output format of `edgeplex export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// `frames` for video rings, `jsonl` for the others.
+    Auto,
+    /// One JSON line per message, payload inline.
+    Jsonl,
+    /// One file per message plus a JSON-lines index.
+    Frames,
+}
+
+/// What a state file holds. See the module documentation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportState {
+    /// Format version of the state file, 1.
+    pub version: u32,
+    /// The ring the state belongs to.
+    pub ring: PathBuf,
+    /// Stream name from the ring header.
+    pub stream: String,
+    /// `created_ns` of the ring file last exported from.
+    pub created_ns: u64,
+    /// `base_seq` of the ring file last exported from.
+    pub base_seq: u64,
+    /// First message number the next run exports.
+    pub next_seq: u64,
+    /// Number of the last message exported so far.
+    pub last_seq: Option<u64>,
+    /// Writer epoch of the last message exported so far.
+    pub last_epoch: Option<u64>,
+    /// When the state was written, CLOCK_REALTIME nanoseconds.
+    pub updated_ns: u64,
+}
+
+/// A run of lost messages `[from_seq, to_seq)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    /// First lost message.
+    pub from_seq: u64,
+    /// One past the last lost message.
+    pub to_seq: u64,
+    /// `to_seq - from_seq`.
+    pub count: u64,
+    /// `overwritten` (no longer in the ring) or `torn` (overwritten while being copied).
+    pub reason: &'static str,
+}
+
+/// The JSON summary `edgeplex export` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Ring path.
+    pub ring: PathBuf,
+    /// Stream name.
+    pub stream: String,
+    /// `jsonl` or `frames`.
+    pub format: &'static str,
+    /// `since-last`, `since` or `all`.
+    pub mode: &'static str,
+    /// First message of the window.
+    pub from_seq: u64,
+    /// One past the last message of the window (the ring's head at start).
+    pub to_seq: u64,
+    /// Messages written.
+    pub exported: u64,
+    /// Messages of the window that were lost.
+    pub gaps: u64,
+    /// The lost ranges.
+    pub gap_ranges: Vec<Gap>,
+    /// Files written, in upload order.
+    pub files: Vec<String>,
+    /// Files uploaded.
+    pub uploaded: u64,
+    /// The state file's ring was re-created from scratch; the export started over.
+    pub reset: bool,
+    /// The state file, if any.
+    pub state: Option<PathBuf>,
+    /// Seconds the run took.
+    pub duration: f64,
+}
+
+fn usage(msg: String) -> anyhow::Error {
+    anyhow::Error::new(ConfigError(msg))
+}
+
+/// Parse a duration such as `500ms`, `10s`, `30m`, `1h` or `2d` (a bare number means seconds).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(n.checked_mul(ms)?))
+}
+
+/// A parsed `http://host[:port]/path` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// `host:port` to connect to.
+    pub authority: String,
+    /// Value of the `Host` header.
+    pub host: String,
+    /// Path prefix without a trailing slash (may be empty).
+    pub path: String,
+}
+
+impl HttpUrl {
+    /// Parse `http://host[:port][/path]`. TLS is not supported.
+    pub fn parse(url: &str) -> Option<HttpUrl> {
+        let rest = url.strip_prefix("http://")?;
+        let (auth, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if auth.is_empty() || auth.contains('@') || path.contains(['?', '#', ' ']) {
+            return None;
+        }
+        let authority = if auth.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']')) {
+            let (_, port) = auth.rsplit_once(':')?;
+            port.parse::<u16>().ok()?;
+            auth.to_owned()
+        } else {
+            format!("{auth}:80")
+        };
+        Some(HttpUrl {
+            authority,
+            host: auth.to_owned(),
+            path: path.trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+/// `edgeplex export RING --out DIR ...`
+pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let out_dir = args.out.clone().ok_or_else(|| {
+        usage("export: --out DIR is required: give the directory to write the files to".into())
+    })?;
+    let cutoff = match &args.since {
+        Some(s) => {
+            let d = parse_duration(s).ok_or_else(|| {
+                usage(format!(
+                    "export: --since {s:?} is not a duration; use a number with ms, s, m, h or d, e.g. --since 1h"
+                ))
+            })?;
+            Some(ring::realtime_ns().saturating_sub(d.as_nanos().min(u128::from(u64::MAX)) as u64))
+        }
+        None => None,
+    };
+    if cutoff.is_some() && args.since_last {
+        return Err(usage(
+            "export: --since and --since-last exclude each other; pass one".into(),
+        ));
+    }
+    if args.since_last && args.state.is_none() {
+        return Err(usage(
+            "export: --since-last needs --state FILE to know where the last export stopped".into(),
+        ));
+    }
+    let url = match &args.upload {
+        Some(u) => Some(HttpUrl::parse(u).ok_or_else(|| {
+            usage(format!(
+                "export: --upload {u:?} is not an http://host[:port]/path URL (TLS is not supported: use a local TLS proxy)"
+            ))
+        })?),
+        None => None,
+    };
+    // One exporter per state file at a time: a second one would export the same window twice.
+    let _lock = match &args.state {
+        Some(p) => Some(lock_state(p)?),
+        None => None,
+    };
+    let prev = match &args.state {
+        Some(p) => load_state(p)?,
+        None => None,
+    };
+    if let Some(st) = &prev {
+        if st.ring != args.ring {
+            return Err(usage(format!(
+                "export: state file {} belongs to ring {}, not {}; use one state file per ring",
+                args.state.as_deref().unwrap_or(Path::new("")).display(),
+                st.ring.display(),
+                args.ring.display()
+            )));
+        }
+    }
+
+    let mut reader = Reader::open(&args.ring, Start::Oldest)?;
+    let info = reader.info();
+    let g = reader.geometry().clone();
+    let end = info.head;
+    let oldest = reader.cursor();
+    let format = match (args.format, g.kind) {
+        (Format::Auto, StreamKind::Video) | (Format::Frames, _) => Format::Frames,
+        _ => Format::Jsonl,
+    };
+    let stream = sanitize(
+        &args
+            .ring
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| g.name.clone()),
+    );
+
+    // Where the window starts.
+    let mut reset = false;
+    let (mode, from) = match (&prev, cutoff) {
+        (_, Some(_)) => ("since", oldest),
+        (Some(st), None) => {
+            let recreated = (st.created_ns != g.created_ns && g.base_seq < st.next_seq)
+                || before(end, st.next_seq);
+            if recreated {
+                tracing::warn!(ring = %args.ring.display(), state_next_seq = st.next_seq, head = end,
+                    "the ring was re-created since the last export; starting over at its first message");
+                reset = true;
+                ("since-last", g.base_seq)
+            } else {
+                ("since-last", st.next_seq)
+            }
+        }
+        (None, None) if args.state.is_some() => ("since-last", oldest),
+        (None, None) => ("all", oldest),
+    };
+
+    fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create output directory {}", out_dir.display()))?;
+    let prefix = format!("{stream}-{from}-{end}");
+    let mut sink = Sink::new(&out_dir, &stream, &prefix, format)?;
+
+    let mut next = from; // first message of the window not yet accounted for
+    let mut pending_gap: Option<(u64, u64)> = None; // since mode: a gap waiting for a verdict
+    let mut gaps: Vec<Gap> = Vec::new();
+    let mut exported = 0u64;
+    let mut last: Option<(u64, u64)> = prev.as_ref().and_then(|s| s.last_seq.zip(s.last_epoch));
+    let mut buf = Vec::new();
+    loop {
+        let msg = match reader.try_next()? {
+            Recv::Message(m) => m,
+            Recv::Reopened => continue,
+            Recv::TimedOut => break,
+        };
+        let n = msg.seq();
+        if before(n, from) {
+            continue; // exported by an earlier run
+        }
+        if !before(n, end) {
+            break; // published after this run started: the next run's
+        }
+        let lost = n.wrapping_sub(next);
+        if lost > 0 {
+            pending_gap = Some((next, n));
+        }
+        next = n.wrapping_add(1);
+        let in_window = cutoff.is_none_or(|c| msg.publish_ns() >= c);
+        if let Some((a, b)) = pending_gap.take() {
+            if in_window {
+                gaps.push(sink.gap(a, b, "overwritten")?);
+            }
+        }
+        if !in_window {
+            continue;
+        }
+        let meta = Record {
+            seq: n,
+            epoch: msg.epoch(),
+            device_seq: msg.device_seq(),
+            capture_ns: msg.capture_ns(),
+            publish_ns: msg.publish_ns(),
+            flags: msg.flags(),
+        };
+        if !msg.copy_to(&mut buf) {
+            gaps.push(sink.gap(n, n.wrapping_add(1), "torn")?);
+            continue;
+        }
+        sink.message(&meta, &buf, reader.geometry())?;
+        exported += 1;
+        last = Some((n, meta.epoch));
+    }
+    if next != end {
+        gaps.push(sink.gap(next, end, "overwritten")?);
+    }
+    let total_gaps: u64 = gaps.iter().map(|g| g.count).sum();
+    for gp in &gaps {
+        tracing::warn!(ring = %args.ring.display(), from_seq = gp.from_seq, to_seq = gp.to_seq,
+            count = gp.count, reason = gp.reason, "messages lost before they could be exported");
+    }
+    let files = sink.finish(exported + gaps.len() as u64 > 0)?;
+
+    let mut uploaded = 0u64;
+    if let Some(url) = &url {
+        for name in &files {
+            upload(url, &out_dir.join(name), name, args.retries).with_context(|| {
+                format!(
+                    "upload of {name} to {} failed; the state is unchanged, so the next run retries this window",
+                    args.upload.as_deref().unwrap_or_default()
+                )
+            })?;
+            uploaded += 1;
+        }
+    }
+
+    if let Some(path) = &args.state {
+        let st = ExportState {
+            version: 1,
+            ring: args.ring.clone(),
+            stream: g.name.clone(),
+            created_ns: reader.geometry().created_ns,
+            base_seq: reader.geometry().base_seq,
+            next_seq: end,
+            last_seq: last.map(|l| l.0),
+            last_epoch: last.map(|l| l.1),
+            updated_ns: ring::realtime_ns(),
+        };
+        save_state(path, &st)?;
+    }
+
+    let summary = Summary {
+        ring: args.ring.clone(),
+        stream: g.name,
+        format: match format {
+            Format::Frames => "frames",
+            _ => "jsonl",
+        },
+        mode,
+        from_seq: from,
+        to_seq: end,
+        exported,
+        gaps: total_gaps,
+        gap_ranges: gaps,
+        files,
+        uploaded,
+        reset,
+        state: args.state.clone(),
+        duration: started.elapsed().as_secs_f64(),
+    };
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, &summary)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `a` comes before `b` in message order (wrapping arithmetic, as RING.md requires).
+fn before(a: u64, b: u64) -> bool {
+    (a.wrapping_sub(b) as i64) < 0
+}
+
+fn sanitize(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        format!("ring{s}")
+    } else {
+        s
+    }
+}
+
+/// Take an exclusive lock on `<state>.lock` (kept, never removed: removing lock files races).
+fn lock_state(path: &Path) -> anyhow::Result<File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+    }
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another export using state file {} is running; let it finish (in Kubernetes set the CronJob's concurrencyPolicy: Forbid)",
+            path.display()
+        ),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+        }
+    }
+}
+
+fn load_state(path: &Path) -> anyhow::Result<Option<ExportState>> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(usage(format!(
+                "export: cannot read state file {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    let st: ExportState = serde_json::from_str(&text).map_err(|e| {
+        usage(format!(
+            "export: state file {} is not valid ({e}); fix or delete it (deleting exports everything the ring holds)",
+            path.display()
+        ))
+    })?;
+    if st.version != 1 {
+        return Err(usage(format!(
+            "export: state file {} has version {}, this edgeplex knows 1; delete it to start over",
+            path.display(),
+            st.version
+        )));
+    }
+    Ok(Some(st))
+}
+
+fn save_state(path: &Path, st: &ExportState) -> anyhow::Result<()> {
+    let mut text = serde_json::to_vec(st)?;
+    text.push(b'\n');
+    write_atomic(path, |f| f.write_all(&text))
+        .with_context(|| format!("cannot write state file {}", path.display()))
+}
+
+/// Write `path` through a temporary file in the same directory, fsync, rename, fsync the dir.
+fn write_atomic(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    let tmp = temp_name(path);
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        fill(&mut f)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_parent(path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
+}
+
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => File::open(p)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Record {
+    seq: u64,
+    epoch: u64,
+    device_seq: u64,
+    capture_ns: u64,
+    publish_ns: u64,
+    flags: u32,
+}
+
+/// Where messages go: the JSON-lines file (samples, or the frame index) plus frame files.
+struct Sink {
+    dir: PathBuf,
+    stream: String,
+    format: Format,
+    lines_name: String,
+    lines_tmp: PathBuf,
+    lines: BufWriter<File>,
+    frames: Vec<String>,
+}
+
+impl Sink {
+    fn new(dir: &Path, stream: &str, prefix: &str, format: Format) -> anyhow::Result<Sink> {
+        let lines_name = match format {
+            Format::Frames => format!("{prefix}.index.jsonl"),
+            _ => format!("{prefix}.jsonl"),
+        };
+        let lines_tmp = temp_name(&dir.join(&lines_name));
+        let file = File::create(&lines_tmp)
+            .with_context(|| format!("cannot create {}", lines_tmp.display()))?;
+        Ok(Sink {
+            dir: dir.to_path_buf(),
+            stream: stream.to_owned(),
+            format,
+            lines_name,
+            lines_tmp,
+            lines: BufWriter::new(file),
+            frames: Vec::new(),
+        })
+    }
+
+    fn line(&mut self, v: &serde_json::Value) -> anyhow::Result<()> {
+        serde_json::to_writer(&mut self.lines, v)?;
+        self.lines.write_all(b"\n")?;
+        Ok(())
+    }
+
+    fn gap(&mut self, from: u64, to: u64, reason: &'static str) -> anyhow::Result<Gap> {
+        let gap = Gap {
+            from_seq: from,
+            to_seq: to,
+            count: to.wrapping_sub(from),
+            reason,
+        };
+        let mut v = serde_json::to_value(&gap)?;
+        v["type"] = "gap".into();
+        self.line(&v)?;
+        Ok(gap)
+    }
+
+    fn message(
+        &mut self,
+        meta: &Record,
+        payload: &[u8],
+        g: &layout::Geometry,
+    ) -> anyhow::Result<()> {
+        let mut v = serde_json::to_value(meta)?;
+        v["len"] = payload.len().into();
+        match self.format {
+            Format::Frames => {
+                let file = format!("{}-{}.{}", self.stream, meta.seq, frame_ext(g));
+                let path = self.dir.join(&file);
+                write_atomic(&path, |f| f.write_all(payload))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                v["type"] = "frame".into();
+                v["file"] = file.clone().into();
+                v["width"] = g.video.width.into();
+                v["height"] = g.video.height.into();
+                v["fourcc"] = layout::fourcc_str(g.video.fourcc).into();
+                v["stride"] = g.video.stride.into();
+                self.frames.push(file);
+            }
+            _ => {
+                v["type"] = "sample".into();
+                match std::str::from_utf8(payload) {
+                    Ok(s) => {
+                        v["encoding"] = "utf8".into();
+                        v["payload"] = s.into();
+                    }
+                    Err(_) => {
+                        v["encoding"] = "base64".into();
+                        v["payload"] = base64(payload).into();
+                    }
+                }
+            }
+        }
+        self.line(&v)
+    }
+
+    /// Close the lines file: keep it (renamed into place) if `keep`, else remove it. Returns the
+    /// file names in upload order: frames, then the lines file.
+    fn finish(self, keep: bool) -> anyhow::Result<Vec<String>> {
+        let Sink {
+            dir,
+            lines_name,
+            lines_tmp,
+            lines,
+            mut frames,
+            ..
+        } = self;
+        let file = lines
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("cannot write {}", lines_tmp.display()))?;
+        if !keep {
+            drop(file);
+            let _ = fs::remove_file(&lines_tmp);
+            return Ok(frames);
+        }
+        let path = dir.join(&lines_name);
+        (|| {
+            file.sync_all()?;
+            fs::rename(&lines_tmp, &path)?;
+            sync_parent(&path)
+        })()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+        frames.push(lines_name);
+        Ok(frames)
+    }
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("dir", &self.dir)
+            .field("lines", &self.lines_name)
+            .field("frames", &self.frames.len())
+            .finish()
+    }
+}
+
+fn frame_ext(g: &layout::Geometry) -> String {
+    match &layout::fourcc_str(g.video.fourcc)[..] {
+        "MJPG" | "JPEG" => "jpg".into(),
+        _ if g.video.fourcc == 0 => "bin".into(),
+        s => sanitize(&s.to_ascii_lowercase()),
+    }
+}
+
+/// Base64, RFC 4648 standard alphabet, with `=` padding.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Upload one file, retrying transient failures with exponential backoff.
+fn upload(url: &HttpUrl, path: &Path, name: &str, retries: u32) -> anyhow::Result<()> {
+    let body = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let hash = crate::ringtool::fnv1a64(&body);
+    let target = format!("{}/{}", url.path, name);
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let err = match put(url, &target, &body, hash) {
+            Ok(status) if (200..300).contains(&status) => return Ok(()),
+            Ok(status) => {
+                let e = anyhow::anyhow!("server answered HTTP {status}");
+                if !(status >= 500 || status == 408 || status == 429) {
+                    return Err(e);
+                }
+                e
+            }
+            Err(e) => anyhow::Error::new(e),
+        };
+        if attempt > retries {
+            return Err(err.context(format!("{attempt} attempts")));
+        }
+        tracing::warn!(file = name, attempt, error = %err, "upload failed; retrying");
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One HTTP/1.1 PUT; returns the response status.
+fn put(url: &HttpUrl, target: &str, body: &[u8], hash: u64) -> io::Result<u16> {
+    let timeout = Duration::from_secs(30);
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "host resolves to no address");
+    let mut conn = None;
+    for addr in url.authority.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+            Ok(s) => {
+                conn = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let mut s = conn.ok_or(last)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let head = format!(
+        "PUT {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: edgeplex/{}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nX-Edgeplex-Fnv1a64: {hash:016x}\r\nConnection: close\r\n\r\n",
+        url.host,
+        env!("CARGO_PKG_VERSION"),
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    s.flush()?;
+    // The status line is all we need; read up to the end of the headers (bounded).
+    let mut resp = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !resp.windows(2).any(|w| w == b"\r\n") && resp.len() < 16 * 1024 {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        resp.extend_from_slice(&chunk[..n]);
+    }
+    let line = resp.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    match (
+        parts.next(),
+        parts.next().and_then(|c| c.parse::<u16>().ok()),
+    ) {
+        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => Ok(code),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not an HTTP response: {:?}", line.trim()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        for bad in ["", "h", "1x", "-1s", "1.5h", "99999999999999999999s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn urls() {
+        let u = HttpUrl::parse("http://127.0.0.1:8080/up/").expect("valid");
+        assert_eq!(u.authority, "127.0.0.1:8080");
+        assert_eq!(u.path, "/up");
+        let u = HttpUrl::parse("http://example.com").expect("valid");
+        assert_eq!(u.authority, "example.com:80");
+        assert_eq!(u.path, "");
+        assert!(HttpUrl::parse("https://example.com/").is_none());
+        assert!(HttpUrl::parse("http://h:99999/").is_none());
+        assert!(HttpUrl::parse("http:///x").is_none());
+    }
+
+    #[test]
+    fn order_wraps() {
+        assert!(before(1, 2));
+        assert!(!before(2, 2));
+        assert!(before(u64::MAX, 0));
+    }
+}

@@ -153,7 +153,8 @@ wait_for() { # wait_for SECONDS TEST-ARGS...
   while ! [ "$@" ]; do i=$((i + 1)); [ $i -le $n ] || return 1; sleep 0.1; done
 }
 # busybox wget hides the body of a 503, so speak HTTP/1.0 with nc.
-readyz() { printf 'GET /readyz HTTP/1.0\r\nHost: guest\r\n\r\n' | nc -w 2 127.0.0.1 9464 2>/dev/null || true; }
+# busybox nc quits at end of input, maybe before the answer: keep its input open a little.
+readyz() { { printf 'GET /readyz HTTP/1.0\r\nHost: guest\r\n\r\n'; sleep 0.5; } | nc -w 3 127.0.0.1 9464 2>/dev/null || true; }
 wait_readyz() { # wait_readyz SECONDS PATTERN: until /readyz matches PATTERN
   n=$(( $1 * 10 )); i=0
   until readyz | grep -q "$2"; do i=$((i + 1)); [ $i -le $n ] || return 1; sleep 0.1; done
@@ -162,7 +163,7 @@ mkdir -p /dev/shm/rings
 printf '%s\n' \
   '[ring]' 'dir = "/dev/shm/rings"' \
   '[metrics]' 'listen = "127.0.0.1:9464"' \
-  '[agent]' 'retry_initial_secs = 2' 'retry_max_secs = 2' \
+  '[agent]' 'retry_initial_secs = 5' 'retry_max_secs = 5' \
   '[stream.cam0]' 'type = "camera"' 'device = "/dev/video0"' 'width = 640' 'height = 480' \
   'format = "YUYV"' 'fps = 30' 'slot_count = 8' 'stall_timeout_secs = 3' \
   '[stream.gps0]' 'type = "serial"' 'device = "/dev/ttyS1"' 'baud = 115200' > /tmp/edgeplex.toml
@@ -180,15 +181,17 @@ edgeplex ring cat /dev/shm/rings/gps0.ring --from next --count 3 --idle-timeout 
 # Unplug.
 v4l2-ctl -d /dev/video0 -c disconnect=1 2>&1 | sed 's/^/V4L2CTL: /'
 wait_readyz 20 'stream cam0: down' || fail "readyz never reported cam0 down"
-readyz | sed 's/^/READYZ-DOWN: /'
+r=$(readyz); echo "$r" | grep -q 'stream cam0: down' || fail "readyz: $r"
+echo "$r" | sed 's/^/READYZ-DOWN: /'
 i=0
 until rmmod vivid 2>/dev/null; do i=$((i + 1)); [ $i -le 500 ] || fail "rmmod vivid kept failing"; sleep 0.02; done
 echo "UNPLUG: vivid removed"
 wait_for 10 ! -e /dev/video0 || fail "/dev/video0 still there"
 sleep 2
 kill -0 $agent || fail "agent died while the camera was gone"
-readyz | grep -q 'stream cam0: down' || fail "readyz should still report cam0 down"
-readyz | grep -q 'gps0' && fail "readyz blames gps0"
+r=$(readyz)
+echo "$r" | grep -q 'stream cam0: down' || fail "readyz should still report cam0 down: $r"
+echo "$r" | grep -q 'gps0' && fail "readyz blames gps0: $r"
 echo "UNPLUG: agent alive, cam0 down, gps0 fine"
 
 # Plug back in.

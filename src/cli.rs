@@ -66,6 +66,9 @@ pub enum Command {
     /// Measure ring fan-out cost and wake-up latency on this machine against a Unix-socket
     /// baseline, and print one JSON object.
     Bench(crate::bench::BenchArgs),
+    /// Run the failover controller: keep one node per device group labelled
+    /// edgeplex.io/active=true and move it to a healthy backup when the active node fails.
+    Failover(crate::failover::FailoverArgs),
     /// Copy a window of a ring's messages into files (JSON lines or frames plus an index),
     /// optionally upload them with HTTP PUT, and remember where the export stopped.
     Export(crate::export::ExportArgs),

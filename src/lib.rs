@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod export;
+pub mod failover;
 pub mod http;
 pub mod kube;
 pub mod metrics;

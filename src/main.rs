@@ -63,6 +63,7 @@ fn main() -> ExitCode {
                 Command::Ring(RingCommand::Cat(args)) => edgeplex::ringtool::cat(args),
                 Command::Demo(args) => edgeplex::demo::run(args),
                 Command::Bench(args) => edgeplex::bench::run(args),
+                Command::Failover(args) => edgeplex::failover::run(args),
                 Command::Export(args) => edgeplex::export::run(args),
                 Command::BenchReader(args) => edgeplex::bench::run_reader(args),
                 Command::Run(_) => unreachable!("handled above"),

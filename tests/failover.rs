@@ -1,0 +1,698 @@
+//! The failover controller against the in-process test API server, through the real
+//! `kube::Client` built from its kubeconfig.
+//!
+//! The tests play the agents (heartbeat Leases, conditions, taints), the kubelet and the admin
+//! through the server's helpers, and run one or two controllers as tokio tasks with short
+//! intervals (agent Lease 2 s, poll 100 ms, leader Lease 1 s). Every wait is bounded by a
+//! generous deadline; no test asserts a duration. The handover times are printed (run with
+//! `--nocapture` to see them) as figures against the ~6 minutes of default Kubernetes.
+
+mod kube_api;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgeplex::failover::{Controller, FailoverMetrics, FailoverSettings};
+use edgeplex::kube::{KubeMode, KubeSettings};
+use edgeplex::shutdown::Shutdown;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube_api::{wait_for_async, Cluster, TestApiServer};
+use prometheus::Registry;
+use serde_json::{json, Value};
+
+const NS: &str = "edgeplex";
+const LEASES: &str = "leases.coordination.k8s.io";
+const ACTIVE: &str = "edgeplex.io/active";
+const TAINT: &str = "edgeplex.io/failover";
+/// The agents' Lease duration in these tests.
+const AGENT_LEASE_SECS: i64 = 2;
+/// Watchdog for every wait: generous, only to fail a hang.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn settings(server: &TestApiServer) -> FailoverSettings {
+    FailoverSettings {
+        lease_duration_secs: 1.0,
+        renew_interval_secs: 0.1,
+        renew_deadline_secs: 0.6,
+        poll_interval_secs: 0.1,
+        untaint_after_secs: 1.0,
+        agent_lease_duration_secs: AGENT_LEASE_SECS as f64,
+        metrics_listen: String::new(),
+        kube: KubeSettings {
+            mode: KubeMode::Kubeconfig,
+            kubeconfig: server.kubeconfig_path().to_owned(),
+            request_timeout_secs: 5.0,
+            ..KubeSettings::default()
+        },
+        ..FailoverSettings::default()
+    }
+}
+
+/// A controller running as a tokio task.
+struct Running {
+    identity: String,
+    registry: Registry,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(server: &TestApiServer, identity: &str) -> Running {
+        let s = settings(server);
+        s.validate("").expect("test settings are valid");
+        let client = edgeplex::kube::connect_as(&s.kube, "edgeplex-failover")
+            .await
+            .expect("client")
+            .expect("a cluster");
+        let registry = Registry::new();
+        let metrics = FailoverMetrics::register(&registry).expect("metrics");
+        let shutdown = Shutdown::default();
+        let controller = Controller::new(client, s, identity.to_owned(), metrics);
+        let task = tokio::spawn(controller.run(shutdown.clone()));
+        Running {
+            identity: identity.to_owned(),
+            registry,
+            shutdown,
+            task,
+        }
+    }
+
+    /// The value of a sample, e.g. `edgeplex_failover_leader` or
+    /// `edgeplex_failover_handovers_total{group="g",reason="dead"}`; 0 when absent.
+    fn metric(&self, sample: &str) -> f64 {
+        metric(&self.registry, sample)
+    }
+
+    async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("the controller stops on shutdown")
+            .expect("the controller task does not panic");
+    }
+}
+
+fn metric(registry: &Registry, sample: &str) -> f64 {
+    let text = edgeplex::metrics::encode(registry);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// An agent's heartbeat: renews Lease `edgeplex/<node>` every 200 ms until stopped.
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Instant>>,
+}
+
+fn renew_time() -> Value {
+    serde_json::to_value(MicroTime(k8s_openapi::jiff::Timestamp::now())).expect("MicroTime")
+}
+
+impl Heartbeat {
+    fn start(cluster: &Cluster, node: &str) -> Heartbeat {
+        if cluster.lease(NS, node).is_none() {
+            cluster
+                .create(json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": node, "namespace": NS},
+                    "spec": {"holderIdentity": node, "leaseDurationSeconds": AGENT_LEASE_SECS,
+                             "renewTime": renew_time()},
+                }))
+                .expect("create the agent Lease");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, n, s) = (cluster.clone(), node.to_owned(), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut last = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                c.update_as("edgeplex", LEASES, NS, &n, None, |l| {
+                    l["spec"]["renewTime"] = renew_time();
+                });
+                last = Instant::now();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            last
+        });
+        Heartbeat {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop renewing (the agent dies); returns the time of the last renewal.
+    fn stop(mut self) -> Instant {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().expect("heartbeat thread"))
+            .unwrap_or_else(Instant::now)
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A Ready node in `group` with `role`, labelled by the admin.
+fn add_node(cluster: &Cluster, name: &str, group: &str, role: &str) {
+    cluster.create_ready_node(name);
+    cluster.apply_as(
+        "admin",
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
+               "labels": {"edgeplex.io/group": group, "edgeplex.io/role": role}}}),
+    );
+}
+
+/// The agent sets (or clears) a condition on its node.
+fn set_condition(cluster: &Cluster, node: &str, type_: &str, on: bool) {
+    cluster.apply_status_as(
+        "edgeplex",
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+               "status": {"conditions": [{"type": type_,
+                 "status": if on { "True" } else { "False" },
+                 "reason": if on { "Critical" } else { "Normal" }, "message": "test",
+                 "lastHeartbeatTime": null,
+                 "lastTransitionTime": "2025-01-01T00:00:00Z"}]}}),
+    );
+}
+
+fn is_active(cluster: &Cluster, node: &str) -> bool {
+    cluster.label(node, ACTIVE).as_deref() == Some("true")
+}
+
+fn actives(cluster: &Cluster, nodes: &[&str]) -> Vec<String> {
+    nodes
+        .iter()
+        .filter(|n| is_active(cluster, n))
+        .map(|n| n.to_string())
+        .collect()
+}
+
+fn events_with_reason(cluster: &Cluster, reason: &str) -> Vec<Value> {
+    cluster
+        .events()
+        .into_iter()
+        .filter(|e| e["reason"] == reason)
+        .collect()
+}
+
+/// Wait until `node` is the only active node among `nodes`; returns when it was seen.
+async fn wait_active(cluster: &Cluster, nodes: &[&str], node: &str) -> Instant {
+    wait_for_async(
+        &format!("{node} to be the only active node"),
+        DEADLINE,
+        || (actives(cluster, nodes) == [node]).then(Instant::now),
+    )
+    .await
+}
+
+/// Wait until the controllers have listed nodes `rounds` more times (rounds have passed).
+async fn wait_rounds(cluster: &Cluster, rounds: usize) {
+    let start = cluster.count("GET", "/api/v1/nodes");
+    wait_for_async(&format!("{rounds} more rounds"), DEADLINE, || {
+        (cluster.count("GET", "/api/v1/nodes") >= start + rounds).then_some(())
+    })
+    .await
+}
+
+fn leader_holder(cluster: &Cluster) -> Option<String> {
+    cluster
+        .lease(NS, "edgeplex-failover")?
+        .pointer("/spec/holderIdentity")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+#[tokio::test]
+async fn leader_election_one_acts_and_the_standby_takes_over() {
+    let server = TestApiServer::start();
+    let c = server.cluster();
+    let nodes = ["p", "b"];
+    add_node(&c, "p", "g", "primary");
+    add_node(&c, "b", "g", "backup");
+    let _hp = Heartbeat::start(&c, "p");
+    let _hb = Heartbeat::start(&c, "b");
+
+    let a = Running::start(&server, "ctl-a").await;
+    let b = Running::start(&server, "ctl-b").await;
+    wait_active(&c, &nodes, "p").await;
+    let holder = wait_for_async("a leader", DEADLINE, || leader_holder(&c)).await;
+    let (leader, standby) = if holder == a.identity { (a, b) } else { (b, a) };
+    wait_for_async("the leader metric", DEADLINE, || {
+        (leader.metric("edgeplex_failover_leader") == 1.0).then_some(())
+    })
+    .await;
+    // Only one acts: the standby reports no leadership and no active node, and every event
+    // comes from the leader.
+    wait_rounds(&c, 10).await;
+    assert_eq!(leader_holder(&c).as_deref(), Some(leader.identity.as_str()));
+    assert_eq!(standby.metric("edgeplex_failover_leader"), 0.0);
+    assert_eq!(
+        standby.metric("edgeplex_failover_active_node{group=\"g\",node=\"p\"}"),
+        0.0
+    );
+    assert_eq!(
+        leader.metric("edgeplex_failover_active_node{group=\"g\",node=\"p\"}"),
+        1.0
+    );
+    let activated = events_with_reason(&c, "Activated");
+    assert_eq!(activated.len(), 1, "{activated:#?}");
+    assert_eq!(activated[0]["reportingInstance"], leader.identity.as_str());
+    assert_eq!(activated[0]["involvedObject"]["name"], "p");
+
+    // The leader stops (SIGTERM): it releases the Lease and the standby takes over.
+    let old = leader.identity.clone();
+    leader.stop().await;
+    let released = Instant::now();
+    wait_for_async("the standby to lead", DEADLINE, || {
+        (leader_holder(&c).as_deref() == Some(standby.identity.as_str())
+            && standby.metric("edgeplex_failover_leader") == 1.0)
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "leader handover after a clean stop: {} ms",
+        ms(released.elapsed())
+    );
+    assert_ne!(standby.identity, old);
+    // The new leader acts: the primary goes critical and it hands over.
+    set_condition(&c, "p", "BatteryCritical", true);
+    wait_active(&c, &nodes, "b").await;
+    let failed_over = wait_for_async("a FailedOver event", DEADLINE, || {
+        let e = events_with_reason(&c, "FailedOver");
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(failed_over.len(), 1, "{failed_over:#?}");
+    assert_eq!(
+        failed_over[0]["reportingInstance"],
+        standby.identity.as_str()
+    );
+    wait_for_async("the handover count", DEADLINE, || {
+        (standby
+            .metric("edgeplex_failover_handovers_total{group=\"g\",reason=\"battery_critical\"}")
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    standby.stop().await;
+    // Both stopped: the Lease is released.
+    assert_eq!(leader_holder(&c), None);
+}
+
+#[tokio::test]
+async fn a_crashed_leader_is_replaced_after_the_lease_duration() {
+    let server = TestApiServer::start();
+    let c = server.cluster();
+    add_node(&c, "p", "g", "primary");
+    let _hp = Heartbeat::start(&c, "p");
+    let a = Running::start(&server, "ctl-a").await;
+    wait_for_async("ctl-a to lead", DEADLINE, || {
+        (leader_holder(&c).as_deref() == Some("ctl-a")).then_some(())
+    })
+    .await;
+    let b = Running::start(&server, "ctl-b").await;
+    wait_rounds(&c, 5).await;
+    assert_eq!(leader_holder(&c).as_deref(), Some("ctl-a"));
+    assert_eq!(b.metric("edgeplex_failover_leader"), 0.0);
+    // Crash: no release. ctl-b must wait out the Lease duration, then take over.
+    a.task.abort();
+    let crashed = Instant::now();
+    wait_for_async("ctl-b to lead", DEADLINE, || {
+        (leader_holder(&c).as_deref() == Some("ctl-b")
+            && b.metric("edgeplex_failover_leader") == 1.0)
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "leader handover after a crash (Lease 1 s): {} ms",
+        ms(crashed.elapsed())
+    );
+    let lease = c.lease(NS, "edgeplex-failover").expect("leader Lease");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease:#}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn critical_primary_hands_over_to_the_healthy_backup_and_keeps_it() {
+    let server = TestApiServer::start();
+    let c = server.cluster();
+    let nodes = ["p", "b1", "b2"];
+    add_node(&c, "p", "g", "primary");
+    add_node(&c, "b1", "g", "backup");
+    add_node(&c, "b2", "g", "backup");
+    // b1 is tainted by its own agent: not a healthy backup, so b2 must be picked.
+    c.add_taint_as(
+        "edgeplex",
+        "b1",
+        json!({"key": TAINT, "effect": "NoExecute", "value": "battery"}),
+    );
+    let _hs: Vec<Heartbeat> = nodes.iter().map(|n| Heartbeat::start(&c, n)).collect();
+    let ctl = Running::start(&server, "ctl").await;
+    wait_active(&c, &nodes, "p").await;
+    wait_rounds(&c, 5).await;
+
+    set_condition(&c, "p", "BatteryCritical", true);
+    let declared = Instant::now();
+    let seen = wait_active(&c, &nodes, "b2").await;
+    eprintln!(
+        "handover after BatteryCritical=True: {} ms (poll 100 ms)",
+        ms(seen - declared)
+    );
+    wait_for_async("the handover count", DEADLINE, || {
+        (ctl.metric("edgeplex_failover_handovers_total{group=\"g\",reason=\"battery_critical\"}")
+            == 1.0
+            && ctl.metric("edgeplex_failover_active_node{group=\"g\",node=\"b2\"}") == 1.0)
+            .then_some(())
+    })
+    .await;
+    // A critical (not dead) node is left to its agent: the controller does not taint it.
+    assert!(c.taints("p").is_empty(), "{:?}", c.taints("p"));
+    // The label was written by the controller's field manager only.
+    let node = c.node("b2");
+    let managers: Vec<&str> = node["metadata"]["managedFields"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|f| f["manager"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(managers.contains(&"edgeplex-failover"), "{managers:?}");
+
+    // The primary recovers: it does not take `active` back (no flapping).
+    set_condition(&c, "p", "BatteryCritical", false);
+    wait_rounds(&c, 20).await;
+    assert_eq!(actives(&c, &nodes), ["b2"]);
+    assert_eq!(
+        ctl.metric("edgeplex_failover_handovers_total{group=\"g\",reason=\"battery_critical\"}"),
+        1.0
+    );
+    // Only when the active backup fails does it move again, to the (healthy) primary.
+    set_condition(&c, "b2", "DeviceFailure", true);
+    wait_active(&c, &nodes, "p").await;
+    wait_for_async("the second handover count", DEADLINE, || {
+        (ctl.metric("edgeplex_failover_handovers_total{group=\"g\",reason=\"device_failure\"}")
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    ctl.stop().await;
+}
+
+#[tokio::test]
+async fn dead_primary_is_replaced_and_tainted_keeping_other_taints() {
+    let server = TestApiServer::start();
+    let c = server.cluster();
+    let nodes = ["p", "b"];
+    add_node(&c, "p", "g", "primary");
+    add_node(&c, "b", "g", "backup");
+    // Taints the controller must keep: an admin's and the node lifecycle controller's.
+    c.add_taint_as(
+        "admin",
+        "p",
+        json!({"key": "dedicated", "value": "cameras", "effect": "NoSchedule"}),
+    );
+    let hp = Heartbeat::start(&c, "p");
+    let _hb = Heartbeat::start(&c, "b");
+    let ctl = Running::start(&server, "ctl").await;
+    wait_active(&c, &nodes, "p").await;
+    wait_rounds(&c, 5).await;
+
+    // A concurrent writer: right before the controller's second PATCH of p (the first clears
+    // `active`, the second is the taint), the node controller adds its own taint. The
+    // controller's write then carries a stale resourceVersion, gets 409, and must retry.
+    c.before_next("PATCH", "/api/v1/nodes/p", |c| {
+        c.before_next("PATCH", "/api/v1/nodes/p", |c| {
+            c.add_taint_as(
+                "node-controller",
+                "p",
+                json!({"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}),
+            );
+        });
+    });
+    let last_heartbeat = hp.stop();
+    let seen = wait_active(&c, &nodes, "b").await;
+    eprintln!(
+        "handover after the primary's last heartbeat: {} ms (agent Lease {} s, poll 100 ms)",
+        ms(seen - last_heartbeat),
+        AGENT_LEASE_SECS
+    );
+    let taints = wait_for_async("the failover taint on p", DEADLINE, || {
+        let t = c.taints("p");
+        t.iter().any(|t| t["key"] == TAINT).then_some(t)
+    })
+    .await;
+    eprintln!(
+        "dead primary tainted after its last heartbeat: {} ms",
+        ms(last_heartbeat.elapsed())
+    );
+    let has = |key: &str, effect: &str| {
+        taints
+            .iter()
+            .any(|t| t["key"] == key && t["effect"] == effect)
+    };
+    assert!(has(TAINT, "NoExecute"), "{taints:#?}");
+    assert!(taints
+        .iter()
+        .any(|t| t["key"] == TAINT && t["value"] == "node-dead"));
+    assert!(has("dedicated", "NoSchedule"), "{taints:#?}");
+    assert!(
+        has("node.kubernetes.io/unreachable", "NoExecute"),
+        "{taints:#?}"
+    );
+    assert_eq!(taints.len(), 3, "{taints:#?}");
+    assert_eq!(c.hooks_pending(), 0, "both racing writes happened");
+    let conflicts = c
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path == "/api/v1/nodes/p" && r.status == 409)
+        .count();
+    assert!(
+        conflicts >= 1,
+        "the taint write met a conflict and was retried"
+    );
+    wait_for_async("the handover count", DEADLINE, || {
+        (ctl.metric("edgeplex_failover_handovers_total{group=\"g\",reason=\"dead\"}") == 1.0)
+            .then_some(())
+    })
+    .await;
+    let failed_over = events_with_reason(&c, "FailedOver");
+    assert_eq!(failed_over.len(), 1, "{failed_over:#?}");
+    assert_eq!(failed_over[0]["type"], "Warning");
+    assert_eq!(failed_over[0]["involvedObject"]["name"], "p");
+    // The dead node is not active and keeps its taint; nothing else moves.
+    wait_rounds(&c, 5).await;
+    assert_eq!(actives(&c, &nodes), ["b"]);
+    assert_eq!(c.taints("p").len(), 3);
+
+    // The node comes back: after renewing for `untaint_after` (1 s here) the controller removes
+    // its taint, and only its taint. The node is a backup again; `active` stays on b.
+    let _hp = Heartbeat::start(&c, "p");
+    let taints = wait_for_async("the dead-node taint to go", DEADLINE, || {
+        let t = c.taints("p");
+        (!t.iter().any(|t| t["key"] == TAINT)).then_some(t)
+    })
+    .await;
+    assert_eq!(taints.len(), 2, "{taints:#?}");
+    wait_for_async("a Recovered event", DEADLINE, || {
+        (events_with_reason(&c, "Recovered").len() == 1).then_some(())
+    })
+    .await;
+    wait_rounds(&c, 10).await;
+    assert_eq!(actives(&c, &nodes), ["b"]);
+    assert_eq!(events_with_reason(&c, "Recovered").len(), 1);
+    wait_for_async(
+        "the group to count a healthy backup again",
+        DEADLINE,
+        || (ctl.metric("edgeplex_failover_groups_without_healthy_backup") == 0.0).then_some(()),
+    )
+    .await;
+    ctl.stop().await;
+}
+
+#[tokio::test]
+async fn no_healthy_backup_means_no_move_an_event_and_the_metric() {
+    let server = TestApiServer::start();
+    let c = server.cluster();
+    let nodes = ["p", "b"];
+    add_node(&c, "p", "g", "primary");
+    add_node(&c, "b", "g", "backup");
+    // The backup's kubelet reports NotReady.
+    c.apply_status_as(
+        "kubelet",
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "b"},
+               "status": {"conditions": [{"type": "Ready", "status": "False",
+                 "reason": "KubeletNotReady", "message": "container runtime is down",
+                 "lastHeartbeatTime": null, "lastTransitionTime": "2025-01-01T00:00:00Z"}]}}),
+    );
+    let _hp = Heartbeat::start(&c, "p");
+    let _hb = Heartbeat::start(&c, "b");
+    let ctl = Running::start(&server, "ctl").await;
+    wait_active(&c, &nodes, "p").await;
+    wait_for_async("the metric to count the group", DEADLINE, || {
+        (ctl.metric("edgeplex_failover_groups_without_healthy_backup") == 1.0).then_some(())
+    })
+    .await;
+
+    set_condition(&c, "p", "BatteryCritical", true);
+    let events = wait_for_async("a NoHealthyBackup event", DEADLINE, || {
+        let e = events_with_reason(&c, "NoHealthyBackup");
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(events[0]["type"], "Warning");
+    assert_eq!(events[0]["involvedObject"]["kind"], "Node");
+    assert_eq!(events[0]["involvedObject"]["name"], "p");
+    assert_eq!(events[0]["metadata"]["namespace"], NS);
+    // Rounds pass: no move, no second event, the metric still says so.
+    wait_rounds(&c, 20).await;
+    assert_eq!(actives(&c, &nodes), ["p"]);
+    assert_eq!(events_with_reason(&c, "NoHealthyBackup").len(), 1);
+    assert_eq!(
+        ctl.metric("edgeplex_failover_groups_without_healthy_backup"),
+        1.0
+    );
+    assert_eq!(
+        ctl.metric("edgeplex_failover_handovers_total{group=\"g\",reason=\"battery_critical\"}"),
+        0.0
+    );
+
+    // The backup becomes Ready: now the handover happens.
+    c.apply_status_as(
+        "kubelet",
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "b"},
+               "status": {"conditions": [{"type": "Ready", "status": "True",
+                 "reason": "KubeletReady", "message": "ok",
+                 "lastHeartbeatTime": null, "lastTransitionTime": "2025-01-01T00:00:01Z"}]}}),
+    );
+    wait_active(&c, &nodes, "b").await;
+    wait_for_async("the handover count", DEADLINE, || {
+        (ctl.metric("edgeplex_failover_handovers_total{group=\"g\",reason=\"battery_critical\"}")
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    ctl.stop().await;
+}
+
+#[tokio::test]
+async fn an_api_outage_does_not_declare_nodes_dead() {
+    let server = TestApiServer::start();
+    let c = server.cluster();
+    let nodes = ["p", "b"];
+    add_node(&c, "p", "g", "primary");
+    add_node(&c, "b", "g", "backup");
+    // The agents renew in-process (they bypass the HTTP outage), but the primary's renewals
+    // stop for the outage, as a real agent's would.
+    let hp = Heartbeat::start(&c, "p");
+    let _hb = Heartbeat::start(&c, "b");
+    let ctl = Running::start(&server, "ctl").await;
+    wait_active(&c, &nodes, "p").await;
+    wait_rounds(&c, 5).await;
+    hp.stop();
+    c.set_outage(Some(503));
+    tokio::time::sleep(Duration::from_secs(AGENT_LEASE_SECS as u64 + 1)).await;
+    c.set_outage(None);
+    // The primary's agent comes back within a second of the API server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _hp = Heartbeat::start(&c, "p");
+    wait_rounds(&c, 20).await;
+    assert_eq!(actives(&c, &nodes), ["p"], "an outage is not a death");
+    assert!(c.taints("p").is_empty());
+    ctl.stop().await;
+}
+
+/// A child process killed if the test fails before it exits.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The binary: `edgeplex failover` with flags, /metrics on its own port, SIGTERM releases.
+#[tokio::test]
+async fn the_binary_leads_serves_metrics_and_releases_on_sigterm() {
+    let server = TestApiServer::start();
+    let c = server.cluster();
+    add_node(&c, "p", "g", "primary");
+    let _hp = Heartbeat::start(&c, "p");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_edgeplex"))
+            .args(["failover", "--identity", "bin", "--lease-duration", "1"])
+            .args(["--renew-interval", "0.1", "--renew-deadline", "0.6"])
+            .args(["--poll-interval", "0.1", "--agent-lease-duration", "2"])
+            .arg("--kubeconfig")
+            .arg(server.kubeconfig_path())
+            .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+            .env_remove("EDGEPLEX_FAILOVER_CONFIG")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn edgeplex failover"),
+    );
+    wait_active(&c, &["p"], "p").await;
+    assert_eq!(leader_holder(&c).as_deref(), Some("bin"));
+    let scrape = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let body = wait_for_async("the leader's metrics on /metrics", DEADLINE, || {
+        scrape().filter(|b| {
+            b.contains("edgeplex_failover_leader 1")
+                && b.contains("edgeplex_failover_active_node{group=\"g\",node=\"p\"} 1")
+        })
+    })
+    .await;
+    assert!(body.contains("edgeplex_build_info"), "{body}");
+    // User-Agent and field manager name the controller.
+    let writes: Vec<_> = c
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path == "/api/v1/nodes/p")
+        .collect();
+    assert!(!writes.is_empty());
+    assert!(writes
+        .iter()
+        .all(|r| r.field_manager == "edgeplex-failover"));
+    assert!(writes
+        .iter()
+        .all(|r| r.user_agent.starts_with("edgeplex-failover/")));
+
+    let pid = child.0.id();
+    let rc = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(rc.success());
+    let status = wait_for_async("the binary to exit", DEADLINE, || {
+        child.0.try_wait().ok().flatten()
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
+    assert_eq!(leader_holder(&c), None, "leadership released on SIGTERM");
+}

@@ -1,0 +1,1024 @@
+//! Strict checks of the Kubernetes manifests under `manifests/` (agent, failover, examples).
+//!
+//! 1. **Strict parsing.** Every YAML document is deserialized into its `k8s-openapi` type (by
+//!    `apiVersion` and `kind`), serialized back to JSON and compared with the original document.
+//!    The generated types ignore unknown fields, so a misspelled field (`imagePullPolcy`,
+//!    `readonly`) is dropped on the way through and shows up as a difference. A negative test
+//!    proves it.
+//! 2. **Consistency.** The agent writes the rings into the hostPath `/dev/shm/edgeplex`; every
+//!    consumer mounts that hostPath read-only at the same path; probes hit `/healthz` and
+//!    `/readyz` on the port named `metrics`; selectors match template labels; RBAC grants exactly
+//!    the verbs the code uses; service accounts exist; the critical workload does not tolerate
+//!    the failover taint; each `kustomization.yaml` lists every file of its directory.
+//!
+//! `manifests/monitoring/` holds prometheus-operator custom resources (not in k8s-openapi); it is
+//! only checked for selecting the agent's and controller's pods and port.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use edgeplex::kube::keys;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PodSpec, PodTemplateSpec, ServiceAccount, Toleration,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The host directory the agent writes its rings into, and where every pod mounts it.
+const RING_DIR: &str = "/dev/shm/edgeplex";
+/// The namespace of everything.
+const NAMESPACE: &str = "edgeplex";
+/// Directories whose manifests are ours and must be fully typed.
+const DIRS: &[&str] = &["agent", "failover", "examples"];
+
+fn manifests() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests")
+}
+
+/// One parsed Kubernetes object.
+#[derive(Debug, Clone)]
+enum Obj {
+    Namespace(Box<Namespace>),
+    ServiceAccount(Box<ServiceAccount>),
+    ConfigMap(Box<ConfigMap>),
+    ClusterRole(Box<ClusterRole>),
+    ClusterRoleBinding(Box<ClusterRoleBinding>),
+    Role(Box<Role>),
+    RoleBinding(Box<RoleBinding>),
+    DaemonSet(Box<DaemonSet>),
+    Deployment(Box<Deployment>),
+    CronJob(Box<CronJob>),
+}
+
+/// An object with where it came from.
+#[derive(Debug, Clone)]
+struct Doc {
+    file: String,
+    obj: Obj,
+}
+
+/// Deserialize into `T`, serialize back, and require the same JSON: any field `T` does not know
+/// (a misspelling) would be dropped and so differ.
+fn roundtrip<T: DeserializeOwned + Serialize>(doc: &Value) -> Result<T, String> {
+    let typed: T = serde_path_to_error::deserialize(doc.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        format!("{path}: {}", e.into_inner())
+    })?;
+    let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    if let Some(diff) = first_difference(&normalize(doc), &normalize(&back), String::new()) {
+        return Err(diff);
+    }
+    Ok(typed)
+}
+
+/// Drop nulls (absent and null mean the same to the API) and compare numbers as f64.
+fn normalize(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), normalize(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
+        Value::Number(n) => n
+            .as_f64()
+            .and_then(serde_json::Number::from_f64)
+            .map_or_else(|| v.clone(), Value::Number),
+        _ => v.clone(),
+    }
+}
+
+/// The first place where `orig` and `back` differ, as a message naming the field.
+fn first_difference(orig: &Value, back: &Value, at: String) -> Option<String> {
+    match (orig, back) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                let here = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match b.get(k) {
+                    None => {
+                        return Some(format!(
+                            "{here}: unknown field (not in the typed object; misspelled?)"
+                        ))
+                    }
+                    Some(w) => {
+                        if let Some(d) = first_difference(v, w, here) {
+                            return Some(d);
+                        }
+                    }
+                }
+            }
+            b.keys()
+                .find(|k| !a.contains_key(*k))
+                .map(|k| format!("{at}.{k}: appeared on the way through"))
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (v, w))| first_difference(v, w, format!("{at}[{i}]"))),
+        _ if orig == back => None,
+        _ => Some(format!("{at}: {orig} came back as {back}")),
+    }
+}
+
+/// Parse one document strictly into its type.
+fn parse_obj(doc: &Value) -> Result<Obj, String> {
+    let api = doc["apiVersion"].as_str().unwrap_or_default();
+    let kind = doc["kind"].as_str().unwrap_or_default();
+    Ok(match (api, kind) {
+        ("v1", "Namespace") => Obj::Namespace(Box::new(roundtrip(doc)?)),
+        ("v1", "ServiceAccount") => Obj::ServiceAccount(Box::new(roundtrip(doc)?)),
+        ("v1", "ConfigMap") => Obj::ConfigMap(Box::new(roundtrip(doc)?)),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+            Obj::ClusterRole(Box::new(roundtrip(doc)?))
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            Obj::ClusterRoleBinding(Box::new(roundtrip(doc)?))
+        }
+        ("rbac.authorization.k8s.io/v1", "Role") => Obj::Role(Box::new(roundtrip(doc)?)),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+            Obj::RoleBinding(Box::new(roundtrip(doc)?))
+        }
+        ("apps/v1", "DaemonSet") => Obj::DaemonSet(Box::new(roundtrip(doc)?)),
+        ("apps/v1", "Deployment") => Obj::Deployment(Box::new(roundtrip(doc)?)),
+        ("batch/v1", "CronJob") => Obj::CronJob(Box::new(roundtrip(doc)?)),
+        _ => {
+            return Err(format!(
+                "apiVersion {api:?} kind {kind:?} is not a known kind"
+            ))
+        }
+    })
+}
+
+/// Every YAML document of `text` as JSON (empty documents skipped).
+fn yaml_docs(text: &str) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    for de in serde_yaml::Deserializer::from_str(text) {
+        let v = Value::deserialize(de).map_err(|e| e.to_string())?;
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                && p.file_name().is_some_and(|n| n != "kustomization.yaml")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every object of every manifest directory we own; panics listing every failure.
+fn all_docs() -> Vec<Doc> {
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for dir in DIRS {
+        for file in yaml_files(&manifests().join(dir)) {
+            let name = format!("{dir}/{}", file.file_name().unwrap().to_string_lossy());
+            let text = std::fs::read_to_string(&file).unwrap();
+            match yaml_docs(&text) {
+                Err(e) => errors.push(format!("{name}: not YAML: {e}")),
+                Ok(values) => {
+                    assert!(!values.is_empty(), "{name} has no documents");
+                    for (i, v) in values.iter().enumerate() {
+                        match parse_obj(v) {
+                            Ok(obj) => docs.push(Doc {
+                                file: name.clone(),
+                                obj,
+                            }),
+                            Err(e) => errors.push(format!("{name} document {i}: {e}")),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(errors.is_empty(), "manifests:\n{}", errors.join("\n"));
+    docs
+}
+
+fn workloads(docs: &[Doc]) -> Vec<(String, String, &PodTemplateSpec)> {
+    docs.iter()
+        .filter_map(|d| {
+            let (name, tpl) = match &d.obj {
+                Obj::DaemonSet(x) => (x.metadata.name.clone(), &x.spec.as_ref()?.template),
+                Obj::Deployment(x) => (x.metadata.name.clone(), &x.spec.as_ref()?.template),
+                Obj::CronJob(x) => (
+                    x.metadata.name.clone(),
+                    &x.spec.as_ref()?.job_template.spec.as_ref()?.template,
+                ),
+                _ => return None,
+            };
+            Some((d.file.clone(), name.unwrap_or_default(), tpl))
+        })
+        .collect()
+}
+
+fn pod_spec(tpl: &PodTemplateSpec) -> &PodSpec {
+    tpl.spec.as_ref().expect("pod template has a spec")
+}
+
+fn find<'a, T>(docs: &'a [Doc], f: impl Fn(&'a Obj) -> Option<&'a T>, name: &str) -> &'a T
+where
+    T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+{
+    docs.iter()
+        .filter_map(|d| f(&d.obj))
+        .find(|o| o.metadata().name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no object named {name:?}"))
+}
+
+#[test]
+fn every_manifest_parses_strictly() {
+    let docs = all_docs();
+    assert!(docs.len() >= 15, "only {} objects", docs.len());
+    // Everything is in namespace edgeplex (cluster-scoped kinds have none).
+    for d in &docs {
+        let (ns, scoped) = match &d.obj {
+            Obj::Namespace(x) => (x.metadata.namespace.clone(), false),
+            Obj::ClusterRole(x) => (x.metadata.namespace.clone(), false),
+            Obj::ClusterRoleBinding(x) => (x.metadata.namespace.clone(), false),
+            Obj::ServiceAccount(x) => (x.metadata.namespace.clone(), true),
+            Obj::ConfigMap(x) => (x.metadata.namespace.clone(), true),
+            Obj::Role(x) => (x.metadata.namespace.clone(), true),
+            Obj::RoleBinding(x) => (x.metadata.namespace.clone(), true),
+            Obj::DaemonSet(x) => (x.metadata.namespace.clone(), true),
+            Obj::Deployment(x) => (x.metadata.namespace.clone(), true),
+            Obj::CronJob(x) => (x.metadata.namespace.clone(), true),
+        };
+        if scoped {
+            assert_eq!(ns.as_deref(), Some(NAMESPACE), "{}: namespace", d.file);
+        } else {
+            assert_eq!(
+                ns, None,
+                "{}: cluster-scoped object with a namespace",
+                d.file
+            );
+        }
+    }
+}
+
+#[test]
+fn a_misspelled_field_is_caught() {
+    let text = std::fs::read_to_string(manifests().join("agent/daemonset.yaml")).unwrap();
+    let good = yaml_docs(&text).unwrap().remove(0);
+    parse_obj(&good).expect("the real DaemonSet parses");
+
+    // A misspelled key deep in the pod template.
+    let mut bad = good.clone();
+    let container = &mut bad["spec"]["template"]["spec"]["containers"][0];
+    let policy = container["imagePullPolicy"].take();
+    container.as_object_mut().unwrap().remove("imagePullPolicy");
+    container["imagePullPolcy"] = policy;
+    let err = parse_obj(&bad).expect_err("imagePullPolcy must be caught");
+    assert!(
+        err.contains("spec.template.spec.containers[0].imagePullPolcy"),
+        "{err}"
+    );
+
+    // Case matters: `readonly` is not `readOnly`, and would silently mount read-write.
+    let mut bad = good.clone();
+    bad["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]["readonly"] = true.into();
+    let err = parse_obj(&bad).expect_err("readonly must be caught");
+    assert!(err.contains("volumeMounts[0].readonly"), "{err}");
+
+    // A misspelled top-level section.
+    let mut bad = good.clone();
+    let spec = bad.as_object_mut().unwrap().remove("spec").unwrap();
+    bad["sepc"] = spec;
+    assert!(parse_obj(&bad).unwrap_err().contains("sepc"));
+
+    // A wrong type.
+    let mut bad = good;
+    bad["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] = Value::Bool(true);
+    assert!(parse_obj(&bad).is_err());
+
+    // An unknown kind.
+    let doc = serde_json::json!({"apiVersion": "apps/v1", "kind": "DaemonSett", "metadata": {}});
+    assert!(parse_obj(&doc).unwrap_err().contains("DaemonSett"));
+}
+
+/// The fields a kustomization.yaml of ours may have.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct Kustomization {
+    api_version: String,
+    kind: String,
+    namespace: Option<String>,
+    resources: Vec<String>,
+}
+
+#[test]
+fn kustomizations_list_every_file() {
+    for dir in DIRS {
+        let path = manifests().join(dir).join("kustomization.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let k: Kustomization =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(k.api_version, "kustomize.config.k8s.io/v1beta1", "{dir}");
+        assert_eq!(k.kind, "Kustomization", "{dir}");
+        assert_eq!(k.namespace.as_deref(), Some(NAMESPACE), "{dir}");
+        let listed: BTreeSet<String> = k.resources.iter().cloned().collect();
+        assert_eq!(
+            listed.len(),
+            k.resources.len(),
+            "{dir}: a file listed twice"
+        );
+        let present: BTreeSet<String> = yaml_files(&manifests().join(dir))
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            listed, present,
+            "{dir}/kustomization.yaml resources vs files"
+        );
+    }
+}
+
+fn container<'a>(spec: &'a PodSpec, what: &str) -> &'a Container {
+    assert_eq!(spec.containers.len(), 1, "{what}: one container");
+    &spec.containers[0]
+}
+
+fn metrics_port(c: &Container, port: i32, what: &str) {
+    let ports = c.ports.as_deref().unwrap_or_default();
+    let named: Vec<_> = ports
+        .iter()
+        .filter(|p| p.name.as_deref() == Some("metrics"))
+        .collect();
+    assert_eq!(named.len(), 1, "{what}: one port named metrics");
+    assert_eq!(named[0].container_port, port, "{what}: metrics port");
+    for (probe, path) in [
+        (c.liveness_probe.as_ref(), "/healthz"),
+        (c.readiness_probe.as_ref(), "/readyz"),
+    ] {
+        let get = probe
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{what}: an HTTP probe for {path}"));
+        assert_eq!(get.path.as_deref(), Some(path), "{what}");
+        assert_eq!(get.port, IntOrString::String("metrics".into()), "{what}");
+    }
+}
+
+fn env<'a>(c: &'a Container, name: &str) -> Option<&'a k8s_openapi::api::core::v1::EnvVar> {
+    c.env
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|e| e.name == name)
+}
+
+fn tolerates(t: &[Toleration], key: &str, effect: &str) -> bool {
+    t.iter().any(|t| {
+        let key_ok = match t.operator.as_deref() {
+            Some("Exists") => t.key.as_deref().is_none_or(|k| k.is_empty() || k == key),
+            _ => t.key.as_deref() == Some(key),
+        };
+        key_ok
+            && t.effect
+                .as_deref()
+                .is_none_or(|e| e.is_empty() || e == effect)
+    })
+}
+
+fn agent_config_text(docs: &[Doc]) -> String {
+    let cm = find(
+        docs,
+        |o| match o {
+            Obj::ConfigMap(x) => Some(x.as_ref()),
+            _ => None,
+        },
+        "edgeplex-agent",
+    );
+    cm.data.as_ref().unwrap()["edgeplex.toml"].clone()
+}
+
+#[test]
+fn agent_daemonset_writes_the_ring_dir_and_has_probes_devices_and_tolerations() {
+    let docs = all_docs();
+    let ds = find(
+        &docs,
+        |o| match o {
+            Obj::DaemonSet(x) => Some(x.as_ref()),
+            _ => None,
+        },
+        "edgeplex",
+    );
+    let spec = ds.spec.as_ref().unwrap();
+    let ru = spec.update_strategy.as_ref().unwrap();
+    assert_eq!(ru.type_.as_deref(), Some("RollingUpdate"));
+    assert_eq!(
+        ru.rolling_update.as_ref().unwrap().max_unavailable,
+        Some(IntOrString::Int(1))
+    );
+    let pod = pod_spec(&spec.template);
+    let c = container(pod, "agent");
+    metrics_port(c, 9464, "agent");
+
+    // The ring directory: hostPath, created if missing, mounted read-write at the same path.
+    let vols = pod.volumes.as_deref().unwrap();
+    let rings = vols
+        .iter()
+        .find(|v| v.host_path.as_ref().is_some_and(|h| h.path == RING_DIR))
+        .expect("a hostPath volume for the ring dir");
+    assert_eq!(
+        rings.host_path.as_ref().unwrap().type_.as_deref(),
+        Some("DirectoryOrCreate")
+    );
+    let mount = c
+        .volume_mounts
+        .as_deref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == rings.name)
+        .expect("the agent mounts the ring dir");
+    assert_eq!(mount.mount_path, RING_DIR);
+    assert_ne!(mount.read_only, Some(true), "the agent writes the rings");
+    assert_eq!(
+        env(c, "EDGEPLEX_RING_DIR").and_then(|e| e.value.as_deref()),
+        Some(RING_DIR)
+    );
+    let node_name = env(c, "NODE_NAME").expect("NODE_NAME");
+    assert_eq!(
+        node_name
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("spec.nodeName")
+    );
+
+    // Unprivileged; memory limited (the limit must include the rings: see the comment).
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.privileged, Some(false));
+    let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+    assert!(limits.contains_key("memory"), "a memory limit");
+    let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+    assert!(requests.contains_key("memory") && requests.contains_key("cpu"));
+
+    // Runs on tainted nodes: its own failover taint, not-ready and unreachable.
+    let t = pod.tolerations.as_deref().unwrap();
+    for key in [
+        keys::FAILOVER_TAINT,
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        assert!(tolerates(t, key, "NoExecute"), "agent tolerates {key}");
+    }
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("edgeplex-agent"),
+        "agent service account"
+    );
+
+    // The agent's config agrees (ring.dir) and the agent itself accepts it.
+    let text = agent_config_text(&docs);
+    let table: toml::Table = text.parse().unwrap();
+    assert_eq!(table["ring"]["dir"].as_str(), Some(RING_DIR));
+    assert_eq!(
+        table["kube"]["lease_namespace"].as_str(),
+        Some(NAMESPACE),
+        "the Role for leases is in namespace {NAMESPACE}"
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &text).unwrap();
+    let config_mount = c
+        .volume_mounts
+        .as_deref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "config")
+        .unwrap();
+    let args = c.args.as_deref().unwrap();
+    assert_eq!(
+        args,
+        [
+            "run",
+            "--config",
+            &format!("{}/edgeplex.toml", config_mount.mount_path)
+        ]
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeplex"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("EDGEPLEX_")) {
+        cmd.env_remove(k);
+    }
+    let out = cmd
+        .args(["run", "--check", "--config"])
+        .arg(file.path())
+        .env("EDGEPLEX_RING_DIR", RING_DIR)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "edgeplex run --check rejects the ConfigMap: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn consumers_mount_the_ring_dir_read_only_at_the_agents_path() {
+    let docs = all_docs();
+    let mut consumers = 0;
+    for (file, name, tpl) in workloads(&docs) {
+        if !file.starts_with("examples/") {
+            continue;
+        }
+        let pod = pod_spec(tpl);
+        let ring_vols: Vec<&str> = pod
+            .volumes
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .filter(|v| {
+                v.host_path
+                    .as_ref()
+                    .is_some_and(|h| Path::new(&h.path).starts_with(RING_DIR))
+            })
+            .map(|v| v.name.as_str())
+            .collect();
+        for c in pod
+            .containers
+            .iter()
+            .chain(pod.init_containers.as_deref().unwrap_or_default())
+        {
+            let args = c.args.as_deref().unwrap_or_default();
+            let rings: Vec<&String> = args.iter().filter(|a| a.ends_with(".ring")).collect();
+            for m in c.volume_mounts.as_deref().unwrap_or_default() {
+                if ring_vols.contains(&m.name.as_str()) {
+                    assert_eq!(
+                        m.read_only,
+                        Some(true),
+                        "{file} {name}: ring mount read-only"
+                    );
+                    assert_eq!(m.mount_path, RING_DIR, "{file} {name}: ring mount path");
+                    assert_eq!(m.sub_path, None, "{file} {name}: no subPath");
+                }
+            }
+            for ring in &rings {
+                assert!(
+                    Path::new(ring).starts_with(RING_DIR),
+                    "{file} {name}: {ring} is not under {RING_DIR}"
+                );
+                let mounted = c
+                    .volume_mounts
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|m| ring_vols.contains(&m.name.as_str()) && m.read_only == Some(true));
+                assert!(
+                    mounted,
+                    "{file} {name}: reads {ring} without the ring mount"
+                );
+            }
+            if !rings.is_empty() {
+                consumers += 1;
+            }
+        }
+    }
+    assert!(
+        consumers >= 5,
+        "only {consumers} ring consumers in examples/"
+    );
+
+    // Two different models on one camera: two Deployments, same ring, camera nodes.
+    let models: Vec<_> = ["model-a", "model-b"]
+        .iter()
+        .map(|n| {
+            find(
+                &docs,
+                |o| match o {
+                    Obj::Deployment(x) => Some(x.as_ref()),
+                    _ => None,
+                },
+                n,
+            )
+        })
+        .collect();
+    let ring_of = |d: &Deployment| {
+        let pod = pod_spec(&d.spec.as_ref().unwrap().template);
+        assert_eq!(
+            pod.node_selector.as_ref().unwrap().get(keys::CAMERA),
+            Some(&"true".to_owned())
+        );
+        container(pod, "model")
+            .args
+            .as_deref()
+            .unwrap()
+            .iter()
+            .find(|a| a.ends_with(".ring"))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(ring_of(models[0]), ring_of(models[1]));
+    assert_eq!(ring_of(models[0]), format!("{RING_DIR}/cam0.ring"));
+    let labels = |d: &Deployment| d.spec.as_ref().unwrap().selector.match_labels.clone();
+    assert_ne!(
+        labels(models[0]),
+        labels(models[1]),
+        "two different Deployments"
+    );
+}
+
+#[test]
+fn selectors_match_template_labels() {
+    let docs = all_docs();
+    let check = |what: &str, sel: &LabelSelector, tpl: &PodTemplateSpec| {
+        let want = sel.match_labels.as_ref().expect("matchLabels");
+        assert!(!want.is_empty(), "{what}: empty selector");
+        assert!(
+            sel.match_expressions.is_none(),
+            "{what}: keep selectors simple"
+        );
+        let have = tpl.metadata.as_ref().and_then(|m| m.labels.as_ref());
+        for (k, v) in want {
+            assert_eq!(
+                have.and_then(|h| h.get(k)),
+                Some(v),
+                "{what}: template lacks {k}={v}"
+            );
+        }
+    };
+    let mut n = 0;
+    for d in &docs {
+        match &d.obj {
+            Obj::DaemonSet(x) => {
+                let s = x.spec.as_ref().unwrap();
+                check(&d.file, &s.selector, &s.template);
+            }
+            Obj::Deployment(x) => {
+                let s = x.spec.as_ref().unwrap();
+                check(&d.file, &s.selector, &s.template);
+            }
+            _ => continue,
+        }
+        n += 1;
+    }
+    assert!(n >= 6, "{n} workloads with selectors");
+    // Workloads' selectors do not overlap: each Deployment/DaemonSet owns its pods.
+    let mut seen = BTreeMap::new();
+    for (file, name, tpl) in workloads(&docs) {
+        let labels = tpl.metadata.as_ref().unwrap().labels.clone().unwrap();
+        let key = labels.get("app.kubernetes.io/name").cloned().unwrap();
+        assert!(
+            seen.insert(key.clone(), name.clone()).is_none(),
+            "{file} {name}: app.kubernetes.io/name={key} used twice"
+        );
+    }
+}
+
+/// (apiGroup, resource) -> verbs, over all rules of the roles bound to `account`.
+type Grants = BTreeMap<(String, String), BTreeSet<String>>;
+
+fn grants(rules: &[PolicyRule], into: &mut Grants) {
+    for r in rules {
+        assert!(r.resource_names.is_none() && r.non_resource_urls.is_none());
+        for g in r.api_groups.as_deref().unwrap_or_default() {
+            for res in r.resources.as_deref().unwrap_or_default() {
+                assert!(g != "*" && res != "*", "no wildcards");
+                let verbs = into.entry((g.clone(), res.clone())).or_default();
+                for v in &r.verbs {
+                    assert_ne!(v, "*", "no wildcard verbs");
+                    assert!(verbs.insert(v.clone()), "{res}: verb {v} twice");
+                }
+            }
+        }
+    }
+}
+
+/// Every permission of `account`, keyed by the namespace it holds in ("" = cluster-wide).
+fn permissions(docs: &[Doc], account: &str) -> BTreeMap<String, Grants> {
+    let subject = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
+        subjects.as_deref().unwrap_or_default().iter().any(|s| {
+            s.kind == "ServiceAccount"
+                && s.name == account
+                && s.namespace.as_deref() == Some(NAMESPACE)
+        })
+    };
+    let mut out: BTreeMap<String, Grants> = BTreeMap::new();
+    for d in docs {
+        match &d.obj {
+            Obj::ClusterRoleBinding(b) if subject(&b.subjects) => {
+                assert_eq!(b.role_ref.kind, "ClusterRole");
+                let role = find(
+                    docs,
+                    |o| match o {
+                        Obj::ClusterRole(x) => Some(x.as_ref()),
+                        _ => None,
+                    },
+                    &b.role_ref.name,
+                );
+                grants(
+                    role.rules.as_deref().unwrap_or_default(),
+                    out.entry(String::new()).or_default(),
+                );
+            }
+            Obj::RoleBinding(b) if subject(&b.subjects) => {
+                assert_eq!(b.role_ref.kind, "Role", "bind Roles with RoleBindings");
+                let role = find(
+                    docs,
+                    |o| match o {
+                        Obj::Role(x) => Some(x.as_ref()),
+                        _ => None,
+                    },
+                    &b.role_ref.name,
+                );
+                assert_eq!(role.metadata.namespace, b.metadata.namespace);
+                grants(
+                    role.rules.as_deref().unwrap_or_default(),
+                    out.entry(b.metadata.namespace.clone().unwrap())
+                        .or_default(),
+                );
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn expect(spec: &[(&str, &str, &str, &[&str])]) -> BTreeMap<String, Grants> {
+    let mut out: BTreeMap<String, Grants> = BTreeMap::new();
+    for (ns, group, res, verbs) in spec {
+        out.entry(ns.to_string()).or_default().insert(
+            (group.to_string(), res.to_string()),
+            verbs.iter().map(|v| v.to_string()).collect(),
+        );
+    }
+    out
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_code_uses() {
+    let docs = all_docs();
+    // The agent (src/node/publish.rs): server-side apply of its Node's labels (patch) and of
+    // nodes/status conditions (patch), replace of spec.taints (get + update), its Lease
+    // (get, create, update/replace), Events.
+    let agent = permissions(&docs, "edgeplex-agent");
+    assert_eq!(
+        agent,
+        expect(&[
+            (
+                "",
+                "",
+                "nodes",
+                &["get", "list", "watch", "patch", "update"]
+            ),
+            ("", "", "nodes/status", &["patch"]),
+            ("", "", "events", &["create", "patch"]),
+            (
+                NAMESPACE,
+                "coordination.k8s.io",
+                "leases",
+                &["get", "create", "update"]
+            ),
+        ])
+    );
+    // The failover controller (src/failover): nodes, pods + eviction, events, its leader Lease
+    // and the agents' Leases (both in namespace edgeplex).
+    let failover = permissions(&docs, "edgeplex-failover");
+    assert_eq!(
+        failover,
+        expect(&[
+            (
+                "",
+                "",
+                "nodes",
+                &["get", "list", "watch", "patch", "update"]
+            ),
+            ("", "", "pods", &["list"]),
+            ("", "", "pods/eviction", &["create"]),
+            ("", "", "events", &["create", "patch"]),
+            (
+                NAMESPACE,
+                "coordination.k8s.io",
+                "leases",
+                &["get", "list", "watch", "create", "update"]
+            ),
+        ])
+    );
+
+    // Every service account a pod or binding names exists; every binding's role exists.
+    let accounts: BTreeSet<String> = docs
+        .iter()
+        .filter_map(|d| match &d.obj {
+            Obj::ServiceAccount(s) => s.metadata.name.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        accounts,
+        BTreeSet::from(["edgeplex-agent".into(), "edgeplex-failover".into()])
+    );
+    for (file, name, tpl) in workloads(&docs) {
+        if let Some(sa) = pod_spec(tpl).service_account_name.as_deref() {
+            assert!(
+                accounts.contains(sa),
+                "{file} {name}: no ServiceAccount {sa}"
+            );
+        }
+    }
+    let failover_pod = find(
+        &docs,
+        |o| match o {
+            Obj::Deployment(x) => Some(x.as_ref()),
+            _ => None,
+        },
+        "edgeplex-failover",
+    );
+    assert_eq!(
+        pod_spec(&failover_pod.spec.as_ref().unwrap().template)
+            .service_account_name
+            .as_deref(),
+        Some("edgeplex-failover")
+    );
+    // Consumers need no API access.
+    for (file, name, tpl) in workloads(&docs) {
+        if file.starts_with("examples/") {
+            assert_eq!(pod_spec(tpl).service_account_name, None, "{file} {name}");
+        }
+    }
+}
+
+#[test]
+fn failover_controller_deployment() {
+    let docs = all_docs();
+    let d = find(
+        &docs,
+        |o| match o {
+            Obj::Deployment(x) => Some(x.as_ref()),
+            _ => None,
+        },
+        "edgeplex-failover",
+    );
+    let spec = d.spec.as_ref().unwrap();
+    let replicas = spec.replicas.unwrap_or(1);
+    assert!((1..=2).contains(&replicas), "{replicas} replicas");
+    let pod = pod_spec(&spec.template);
+    let c = container(pod, "failover");
+    assert_eq!(c.args.as_deref().unwrap()[0], "failover");
+    metrics_port(c, 9465, "failover");
+    assert!(env(c, "POD_NAME").is_some(), "identity for leader election");
+}
+
+#[test]
+fn the_critical_workload_does_not_tolerate_the_failover_taint() {
+    let docs = all_docs();
+    let d = find(
+        &docs,
+        |o| match o {
+            Obj::Deployment(x) => Some(x.as_ref()),
+            _ => None,
+        },
+        "critical-inspector",
+    );
+    let spec = d.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    let pod = pod_spec(&spec.template);
+    let sel = pod.node_selector.as_ref().unwrap();
+    assert!(sel.contains_key(keys::GROUP), "targets a group");
+    assert_eq!(sel.get(keys::ACTIVE), Some(&"true".to_owned()));
+    let t = pod.tolerations.as_deref().unwrap_or_default();
+    assert!(
+        !tolerates(t, keys::FAILOVER_TAINT, "NoExecute"),
+        "the critical workload must be evicted by {}",
+        keys::FAILOVER_TAINT
+    );
+    // The negative check of the check: the agent does tolerate it.
+    assert!(tolerates(
+        &[Toleration {
+            operator: Some("Exists".into()),
+            ..Toleration::default()
+        }],
+        keys::FAILOVER_TAINT,
+        "NoExecute"
+    ));
+    // Its image is pre-pulled on every node of the group.
+    let image = container(pod, "critical").image.clone();
+    let prepull = workloads(&docs)
+        .into_iter()
+        .find(|(_, n, _)| n == "critical-inspector-prepull")
+        .expect("a pre-pull DaemonSet");
+    let pp = pod_spec(prepull.2);
+    assert_eq!(
+        pp.node_selector.as_ref().unwrap().get(keys::GROUP),
+        sel.get(keys::GROUP)
+    );
+    assert!(pp
+        .init_containers
+        .as_deref()
+        .unwrap()
+        .iter()
+        .any(|c| c.image == image));
+}
+
+#[test]
+fn group_daemonset_and_export_cronjob() {
+    let docs = all_docs();
+    let (_, _, tpl) = workloads(&docs)
+        .into_iter()
+        .find(|(_, n, _)| n == "line-1-gps-logger")
+        .unwrap();
+    let sel = pod_spec(tpl).node_selector.as_ref().unwrap();
+    let config: toml::Table = agent_config_text(&docs).parse().unwrap();
+    let group = config["node"]["group"].as_str().unwrap();
+    assert_eq!(sel.get(keys::GROUP).map(String::as_str), Some(group));
+
+    let cj = find(
+        &docs,
+        |o| match o {
+            Obj::CronJob(x) => Some(x.as_ref()),
+            _ => None,
+        },
+        "gps0-export",
+    );
+    let spec = cj.spec.as_ref().unwrap();
+    assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+    let pod = pod_spec(&spec.job_template.spec.as_ref().unwrap().template);
+    let c = container(pod, "export");
+    let args = c.args.as_deref().unwrap();
+    assert_eq!(args[0], "export");
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .map(|i| args[i + 1].as_str())
+            .unwrap_or_else(|| panic!("export without {flag}"))
+    };
+    let out = after("--out");
+    assert!(Path::new(after("--state")).starts_with(out));
+    assert!(after("--upload").starts_with("http://"));
+    // --out is a writable, persistent mount (the state must survive the pod).
+    let m = c
+        .volume_mounts
+        .as_deref()
+        .unwrap()
+        .iter()
+        .find(|m| m.mount_path == out)
+        .expect("--out is mounted");
+    assert_ne!(m.read_only, Some(true));
+    let v = pod
+        .volumes
+        .as_deref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == m.name)
+        .unwrap();
+    assert!(v.host_path.is_some(), "the export state lives on the node");
+}
+
+#[test]
+fn monitoring_selects_the_agent_and_controller_pods() {
+    let docs = all_docs();
+    let text = std::fs::read_to_string(manifests().join("monitoring/podmonitor.yaml")).unwrap();
+    let pm = yaml_docs(&text).unwrap().remove(0);
+    let exprs = pm["spec"]["selector"]["matchExpressions"]
+        .as_array()
+        .unwrap();
+    let wanted: BTreeSet<String> = exprs
+        .iter()
+        .filter(|e| e["key"] == "app.kubernetes.io/name" && e["operator"] == "In")
+        .flat_map(|e| e["values"].as_array().unwrap().iter())
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let port = pm["spec"]["podMetricsEndpoints"][0]["port"]
+        .as_str()
+        .unwrap();
+    for (file, name, tpl) in workloads(&docs) {
+        if file.starts_with("examples/") {
+            continue;
+        }
+        let label =
+            &tpl.metadata.as_ref().unwrap().labels.as_ref().unwrap()["app.kubernetes.io/name"];
+        assert!(
+            wanted.contains(label),
+            "{file} {name}: PodMonitor misses {label}"
+        );
+        let c = container(pod_spec(tpl), &name);
+        assert!(
+            c.ports
+                .as_deref()
+                .unwrap()
+                .iter()
+                .any(|p| p.name.as_deref() == Some(port)),
+            "{file} {name}: no port named {port}"
+        );
+    }
+}

@@ -1,0 +1,477 @@
+//! End to end: two real `edgeplex run` agents (primary and backup of group `line-1`) and one
+//! real `edgeplex failover` controller, all separate processes talking HTTP to the in-process
+//! test API server. The agents read their power from sysfs fixtures the test rewrites.
+//!
+//! 1. `edge-a` (primary) becomes active; both agents label their nodes battery/power.
+//! 2. `edge-a`'s battery drains to critical: its agent puts the `BatteryCritical` condition and
+//!    the failover taint on it, and the controller moves `active` to `edge-b`.
+//! 3. `edge-b`'s agent is killed (SIGKILL): after its Lease duration the controller sees it dead,
+//!    but the only other node is critical, so nothing moves and `NoHealthyBackup` is recorded.
+//! 4. Mains returns to `edge-a`: after the hold-down its agent clears its taint and condition, and
+//!    the controller hands over from the dead `edge-b` to `edge-a`, tainting `edge-b` node-dead.
+//!
+//! Every wait is bounded by a generous deadline; no duration is asserted. The detection-to-
+//! handover times are printed (run with `--nocapture`).
+
+mod kube_api;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube_api::{wait_for_async, Cluster, TestApiServer};
+use serde_json::{json, Value};
+
+const GROUP: &str = "line-1";
+const NS: &str = "edgeplex";
+const ACTIVE: &str = "edgeplex.io/active";
+const TAINT: &str = "edgeplex.io/failover";
+const NODES: [&str; 2] = ["edge-a", "edge-b"];
+/// The agents' Lease duration (and the controller's assumption for Leases without one).
+const AGENT_LEASE_SECS: u32 = 2;
+/// The agents' hold-down before a cleared cause removes their taint.
+const HOLD_DOWN_SECS: f64 = 2.0;
+/// Watchdog for every wait: generous, only to fail a hang.
+const DEADLINE: Duration = Duration::from_secs(40);
+/// Watchdog for the whole test.
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+/// A sysfs power-supply class directory with a battery `BAT0` and a mains supply `AC`.
+struct Sysfs {
+    dir: tempfile::TempDir,
+}
+
+impl Sysfs {
+    fn new() -> Sysfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(dir.path().join("class/power_supply")).expect("mkdir class");
+        fs::create_dir_all(dir.path().join("devices")).expect("mkdir devices");
+        let s = Sysfs { dir };
+        s.battery("Discharging", 80, 40_000_000);
+        s.mains(false);
+        s
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("class/power_supply")
+    }
+
+    /// Create or update a supply's attributes (each written whole, as sysfs shows them).
+    fn supply(&self, name: &str, attrs: &[(&str, &str)]) {
+        let dev = self.dir.path().join("devices").join(name);
+        if !dev.exists() {
+            fs::create_dir_all(&dev).expect("mkdir supply");
+            std::os::unix::fs::symlink(&dev, self.root().join(name)).expect("symlink");
+        }
+        for (attr, value) in attrs {
+            // Write then rename, so the agent never reads a half-written file.
+            let tmp = dev.join(format!(".{attr}.tmp"));
+            fs::write(&tmp, format!("{value}\n")).expect("write attribute");
+            fs::rename(&tmp, dev.join(attr)).expect("rename attribute");
+        }
+    }
+
+    fn battery(&self, status: &str, capacity: u32, energy_uwh: u64) {
+        self.supply(
+            "BAT0",
+            &[
+                ("type", "Battery"),
+                ("present", "1"),
+                ("energy_full", "50000000"),
+                ("energy_now", &energy_uwh.to_string()),
+                ("capacity", &capacity.to_string()),
+                ("status", status),
+            ],
+        );
+    }
+
+    fn mains(&self, online: bool) {
+        self.supply(
+            "AC",
+            &[
+                ("type", "Mains"),
+                ("online", if online { "1" } else { "0" }),
+            ],
+        );
+    }
+}
+
+/// One `edgeplex run` agent with its config, ring directory and power fixture.
+struct Agent {
+    name: &'static str,
+    child: Option<Child>,
+    power: Sysfs,
+    dir: tempfile::TempDir,
+    _rings: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(server: &TestApiServer, name: &'static str) -> Agent {
+        let power = Sysfs::new();
+        let dir = tempfile::tempdir().expect("config dir");
+        let rings = tempfile::Builder::new()
+            .prefix("edgeplex-e2e-")
+            .tempdir_in("/dev/shm")
+            .expect("ring dir in /dev/shm");
+        let config = format!(
+            r#"
+[ring]
+dir = {ring:?}
+
+[metrics]
+listen = ""
+
+[log]
+level = "info,edgeplex=debug"
+
+[power]
+sysfs_root = {sysfs:?}
+poll_interval_secs = 0.2
+low_tte_secs = 0
+critical_tte_secs = 0
+hysteresis_secs = 0
+confirm_samples = 1
+
+[kube]
+mode = "kubeconfig"
+kubeconfig = {kubeconfig:?}
+node_name = "{name}"
+lease_namespace = "{NS}"
+request_timeout_secs = 5
+
+[node]
+group = "{GROUP}"
+critical_streams = []
+failover_taint = true
+hold_down_secs = {HOLD_DOWN_SECS:?}
+heartbeat_secs = 0.5
+lease_duration_secs = {AGENT_LEASE_SECS}
+
+[stream.cam0]
+type = "test-pattern"
+width = 64
+height = 48
+fps = 10
+slot_count = 4
+"#,
+            ring = rings.path().display().to_string(),
+            sysfs = power.root().display().to_string(),
+            kubeconfig = server.kubeconfig_path().display().to_string(),
+        );
+        let path = dir.path().join("edgeplex.toml");
+        fs::write(&path, config).expect("write config");
+        let log = fs::File::create(dir.path().join("agent.log")).expect("agent log");
+        let child = Command::new(env!("CARGO_BIN_EXE_edgeplex"))
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("EDGEPLEX_CONFIG")
+            .env_remove("KUBECONFIG")
+            .env_remove("NODE_NAME")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn edgeplex run");
+        Agent {
+            name,
+            child: Some(child),
+            power,
+            dir,
+            _rings: rings,
+        }
+    }
+
+    /// SIGKILL the agent; returns when it is gone.
+    fn kill(&mut self) -> Instant {
+        let mut child = self.child.take().expect("the agent runs");
+        child.kill().expect("SIGKILL the agent");
+        child.wait().expect("reap the agent");
+        Instant::now()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The agent must still run (a crash would make the waits below time out obscurely).
+    fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!(
+                    "agent {} exited with {status}:\n{}",
+                    self.name,
+                    tail(&self.log())
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- agent {} log ---\n{}", self.name, tail(&self.log()));
+        }
+    }
+}
+
+/// The `edgeplex failover` controller process.
+struct Controller {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Controller {
+    fn start(server: &TestApiServer, dir: &Path) -> Controller {
+        let log = dir.join("failover.log");
+        let file = fs::File::create(&log).expect("controller log");
+        let child = Command::new(env!("CARGO_BIN_EXE_edgeplex"))
+            .args(["failover", "--identity", "e2e", "--lease-duration", "1"])
+            .args(["--renew-interval", "0.1", "--renew-deadline", "0.6"])
+            .args(["--poll-interval", "0.1", "--agent-lease-namespace", NS])
+            .args(["--agent-lease-duration", &AGENT_LEASE_SECS.to_string()])
+            .args(["--untaint-after", "1", "--metrics-listen", ""])
+            .args(["--log", "info,edgeplex=debug"])
+            .arg("--kubeconfig")
+            .arg(server.kubeconfig_path())
+            .env_remove("EDGEPLEX_FAILOVER_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn edgeplex failover");
+        Controller { child, log }
+    }
+
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "the controller exited with {status}:\n{}",
+                tail(&fs::read_to_string(&self.log).unwrap_or_default())
+            );
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- controller log ---\n{}",
+                tail(&fs::read_to_string(&self.log).unwrap_or_default())
+            );
+        }
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+/// A Ready node of the group with its role, labelled by the admin.
+fn add_node(cluster: &Cluster, name: &str, role: &str) {
+    cluster.create_ready_node(name);
+    cluster.apply_as(
+        "admin",
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
+               "labels": {"edgeplex.io/group": GROUP, "edgeplex.io/role": role}}}),
+    );
+}
+
+fn actives(cluster: &Cluster) -> Vec<String> {
+    NODES
+        .iter()
+        .filter(|n| cluster.label(n, ACTIVE).as_deref() == Some("true"))
+        .map(|n| n.to_string())
+        .collect()
+}
+
+/// The value of the `edgeplex.io/failover` taint on `node`, if any.
+fn failover_taint(cluster: &Cluster, node: &str) -> Option<String> {
+    cluster
+        .taints(node)
+        .into_iter()
+        .find(|t| t["key"] == TAINT && t["effect"] == "NoExecute")
+        .map(|t| t["value"].as_str().unwrap_or_default().to_owned())
+}
+
+fn condition_status(cluster: &Cluster, node: &str, type_: &str) -> Option<String> {
+    cluster
+        .condition(node, type_)
+        .and_then(|c| c["status"].as_str().map(str::to_owned))
+}
+
+fn events_with_reason(cluster: &Cluster, reason: &str) -> Vec<Value> {
+    cluster
+        .events()
+        .into_iter()
+        .filter(|e| e["reason"] == reason)
+        .collect()
+}
+
+/// Wait until `node` is the only active node; returns when it was seen.
+async fn wait_active(cluster: &Cluster, node: &str) -> Instant {
+    wait_for_async(
+        &format!("{node} to be the only active node"),
+        DEADLINE,
+        || (actives(cluster) == [node]).then(Instant::now),
+    )
+    .await
+}
+
+/// Wait until the controller has listed nodes `rounds` more times.
+async fn wait_rounds(cluster: &Cluster, rounds: usize) {
+    let start = cluster.count("GET", "/api/v1/nodes");
+    wait_for_async(
+        &format!("{rounds} more controller rounds"),
+        DEADLINE,
+        || (cluster.count("GET", "/api/v1/nodes") >= start + rounds).then_some(()),
+    )
+    .await
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+#[tokio::test]
+async fn two_agents_and_the_controller_hand_over_on_battery_and_death() {
+    tokio::time::timeout(WATCHDOG, scenario())
+        .await
+        .expect("the end-to-end scenario finishes within the watchdog");
+}
+
+async fn scenario() {
+    let server = TestApiServer::start();
+    let c = server.cluster();
+    c.create_namespace(NS);
+    add_node(&c, "edge-a", "primary");
+    add_node(&c, "edge-b", "backup");
+    let ctl_dir = tempfile::tempdir().expect("controller dir");
+
+    let mut a = Agent::start(&server, "edge-a");
+    let mut b = Agent::start(&server, "edge-b");
+    // 1. Both agents publish their power and heartbeat; then the controller starts and makes
+    //    the primary active.
+    for node in NODES {
+        wait_for_async(
+            &format!("{node}'s battery and power labels"),
+            DEADLINE,
+            || {
+                (c.label(node, "edgeplex.io/battery").as_deref() == Some("true")
+                    && c.label(node, "edgeplex.io/power").as_deref() == Some("normal")
+                    && c.lease(NS, node).is_some())
+                .then_some(())
+            },
+        )
+        .await;
+        assert_eq!(failover_taint(&c, node), None);
+    }
+    let mut ctl = Controller::start(&server, ctl_dir.path());
+    wait_active(&c, "edge-a").await;
+    a.assert_running();
+    b.assert_running();
+    ctl.assert_running();
+
+    // 2. The primary's battery drains to critical.
+    a.power.battery("Discharging", 5, 2_500_000);
+    let drained = Instant::now();
+    let moved = wait_active(&c, "edge-b").await;
+    wait_for_async(
+        "edge-a's BatteryCritical condition and taint",
+        DEADLINE,
+        || {
+            (condition_status(&c, "edge-a", "BatteryCritical").as_deref() == Some("True")
+                && failover_taint(&c, "edge-a").as_deref() == Some("battery-critical"))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        c.label("edge-a", "edgeplex.io/power").as_deref(),
+        Some("critical")
+    );
+    assert_eq!(failover_taint(&c, "edge-b"), None);
+    eprintln!(
+        "e2e: critical battery -> active on the backup: {} ms (fixture change to edge-b active)",
+        ms(moved - drained)
+    );
+
+    // 3. The backup's agent dies. The only other node is critical: nothing moves, and the
+    //    controller records NoHealthyBackup once the backup's Lease has expired.
+    a.assert_running();
+    let killed = b.kill();
+    let warned = wait_for_async(
+        "a NoHealthyBackup event for the dead edge-b",
+        DEADLINE,
+        || {
+            events_with_reason(&c, "NoHealthyBackup")
+                .iter()
+                .any(|e| e["involvedObject"]["name"] == "edge-b")
+                .then(Instant::now)
+        },
+    )
+    .await;
+    assert!(
+        warned - killed >= Duration::from_secs(1),
+        "edge-b declared dead before its Lease could expire"
+    );
+    eprintln!(
+        "e2e: killed agent -> dead detected (NoHealthyBackup, no move): {} ms",
+        ms(warned - killed)
+    );
+    // Rounds pass: the critical edge-a is never activated, the dead edge-b stays active and is
+    // not tainted by a handover that did not happen.
+    wait_rounds(&c, 20).await;
+    assert_eq!(actives(&c), ["edge-b"], "no unhealthy node is activated");
+    assert_eq!(failover_taint(&c, "edge-b"), None);
+    let w = events_with_reason(&c, "NoHealthyBackup");
+    assert_eq!(w.len(), 1, "one NoHealthyBackup event: {w:?}");
+    assert_eq!(w[0]["type"], "Warning");
+    ctl.assert_running();
+
+    // 4. Mains returns to the primary: after the hold-down its agent clears its taint and
+    //    condition; edge-a is healthy again, so the controller hands over from the dead edge-b
+    //    and taints it node-dead.
+    a.power.mains(true);
+    a.power.battery("Charging", 6, 3_000_000);
+    let restored = Instant::now();
+    let cleared = wait_for_async("edge-a's taint and condition cleared", DEADLINE, || {
+        (failover_taint(&c, "edge-a").is_none()
+            && condition_status(&c, "edge-a", "BatteryCritical").as_deref() == Some("False"))
+        .then(Instant::now)
+    })
+    .await;
+    assert!(
+        cleared - restored >= Duration::from_secs_f64(HOLD_DOWN_SECS * 0.9),
+        "the taint was cleared before the hold-down"
+    );
+    let back = wait_active(&c, "edge-a").await;
+    let tainted = wait_for_async("edge-b's node-dead taint", DEADLINE, || {
+        (failover_taint(&c, "edge-b").as_deref() == Some("node-dead")).then(Instant::now)
+    })
+    .await;
+    assert!(events_with_reason(&c, "FailedOver")
+        .iter()
+        .any(|e| e["involvedObject"]["name"] == "edge-b"));
+    eprintln!(
+        "e2e: mains restored -> edge-a untainted after hold-down: {} ms; -> edge-a active: {} ms",
+        ms(cleared - restored),
+        ms(back - restored)
+    );
+    eprintln!(
+        "e2e: killed agent -> node-dead taint on edge-b (waited for a healthy target): {} ms",
+        ms(tainted - killed)
+    );
+    wait_rounds(&c, 10).await;
+    assert_eq!(actives(&c), ["edge-a"]);
+    a.assert_running();
+    ctl.assert_running();
+}

@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use edgeplex::kube::keys;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{
@@ -55,6 +58,8 @@ enum Obj {
     DaemonSet(Box<DaemonSet>),
     Deployment(Box<Deployment>),
     CronJob(Box<CronJob>),
+    AdmissionPolicy(Box<ValidatingAdmissionPolicy>),
+    AdmissionPolicyBinding(Box<ValidatingAdmissionPolicyBinding>),
 }
 
 /// An object with where it came from.
@@ -154,6 +159,12 @@ fn parse_obj(doc: &Value) -> Result<Obj, String> {
         ("apps/v1", "DaemonSet") => Obj::DaemonSet(Box::new(roundtrip(doc)?)),
         ("apps/v1", "Deployment") => Obj::Deployment(Box::new(roundtrip(doc)?)),
         ("batch/v1", "CronJob") => Obj::CronJob(Box::new(roundtrip(doc)?)),
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+            Obj::AdmissionPolicy(Box::new(roundtrip(doc)?))
+        }
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+            Obj::AdmissionPolicyBinding(Box::new(roundtrip(doc)?))
+        }
         _ => {
             return Err(format!(
                 "apiVersion {api:?} kind {kind:?} is not a known kind"
@@ -264,6 +275,8 @@ fn every_manifest_parses_strictly() {
             Obj::DaemonSet(x) => (x.metadata.namespace.clone(), true),
             Obj::Deployment(x) => (x.metadata.namespace.clone(), true),
             Obj::CronJob(x) => (x.metadata.namespace.clone(), true),
+            Obj::AdmissionPolicy(x) => (x.metadata.namespace.clone(), false),
+            Obj::AdmissionPolicyBinding(x) => (x.metadata.namespace.clone(), false),
         };
         if scoped {
             assert_eq!(ns.as_deref(), Some(NAMESPACE), "{}: namespace", d.file);
@@ -798,20 +811,13 @@ fn rbac_grants_exactly_what_the_code_uses() {
     assert_eq!(
         failover,
         expect(&[
-            (
-                "",
-                "",
-                "nodes",
-                &["get", "list", "watch", "patch", "update"]
-            ),
-            ("", "", "pods", &["list"]),
-            ("", "", "pods/eviction", &["create"]),
-            ("", "", "events", &["create", "patch"]),
+            ("", "", "nodes", &["get", "list", "patch"]),
+            ("", "", "events", &["create"]),
             (
                 NAMESPACE,
                 "coordination.k8s.io",
                 "leases",
-                &["get", "list", "watch", "create", "update"]
+                &["get", "list", "create", "update"]
             ),
         ])
     );
@@ -1021,4 +1027,59 @@ fn monitoring_selects_the_agent_and_controller_pods() {
             "{file} {name}: no port named {port}"
         );
     }
+}
+
+/// RBAC cannot limit the agent to its own Node; the admission policy does: it matches the
+/// agent's service account and compares the object's name with the token's node-name claim.
+#[test]
+fn the_agent_may_write_only_its_own_node() {
+    let docs = yaml_docs(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/manifests/agent/admission-policy.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut policy = None;
+    let mut binding = None;
+    for d in &docs {
+        match parse_obj(d).unwrap() {
+            Obj::AdmissionPolicy(p) => policy = Some(p),
+            Obj::AdmissionPolicyBinding(b) => binding = Some(b),
+            _ => panic!("unexpected document in admission-policy.yaml"),
+        }
+    }
+    let (policy, binding) = (policy.expect("a policy"), binding.expect("a binding"));
+    let spec = policy.spec.as_ref().unwrap();
+    let name = policy.metadata.name.as_deref().unwrap();
+    let b = binding.spec.as_ref().unwrap();
+    assert_eq!(b.policy_name.as_deref(), Some(name));
+    assert_eq!(
+        b.validation_actions.as_deref(),
+        Some(&["Deny".to_owned()][..])
+    );
+    let rules = spec
+        .match_constraints
+        .as_ref()
+        .unwrap()
+        .resource_rules
+        .as_ref()
+        .unwrap();
+    let resources: Vec<&str> = rules
+        .iter()
+        .flat_map(|r| r.resources.iter().flatten().map(String::as_str))
+        .collect();
+    for r in ["nodes", "nodes/status", "leases"] {
+        assert!(resources.contains(&r), "the policy must cover {r}");
+    }
+    let cond = &spec.match_conditions.as_ref().unwrap()[0].expression;
+    assert!(
+        cond.contains("system:serviceaccount:edgeplex:edgeplex-agent"),
+        "matches the agent's service account: {cond}"
+    );
+    let check = &spec.validations.as_ref().unwrap()[0].expression;
+    assert!(
+        check.contains("authentication.kubernetes.io/node-name") && check.contains("request.name")
+    );
 }

@@ -1,0 +1,213 @@
+//! The ring side of the benchmark: the paced writer (in the parent) and the reader process.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::machine::{CpuTicks, SchedStat};
+use super::procs::ReaderReport;
+use super::stats::{nanos, Pacer, SourcePool};
+use crate::ring::{self, CreateOptions, Meta, Reader, RingSpec, Start, StreamKind, Writer};
+use crate::shutdown::Shutdown;
+
+/// What the writer side of one run measured.
+#[derive(Debug, Clone)]
+pub struct WriterRun {
+    /// Messages sent.
+    pub published: u64,
+    /// Cost of each message after the warm-up, ns.
+    pub costs_ns: Vec<u64>,
+    /// Messages released late because the previous one overran the interval.
+    pub overruns: u64,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+    /// System-wide CPU ticks meanwhile (a contention check).
+    pub ticks: Option<CpuTicks>,
+    /// Ring only: per message after the warm-up, the time the writer spent runnable but off
+    /// its CPU (preempted) during the timed region, ns.
+    pub run_delay_ns: Vec<u64>,
+    /// Ring only: messages during whose timed region the writer was switched out.
+    pub switched_out: Option<u64>,
+}
+
+impl WriterRun {
+    /// Add a later round of the same configuration.
+    pub fn merge(&mut self, other: WriterRun) {
+        self.published += other.published;
+        self.costs_ns.extend(other.costs_ns);
+        self.overruns += other.overruns;
+        self.elapsed += other.elapsed;
+        self.ticks = match (self.ticks, other.ticks) {
+            (Some(a), Some(b)) => Some(a.plus(b)),
+            _ => None,
+        };
+        let both = self.switched_out.zip(other.switched_out);
+        self.switched_out = both.map(|(a, b)| a + b);
+        self.run_delay_ns.extend(other.run_delay_ns);
+    }
+}
+
+/// Shape of a run: how many messages of what size, how far apart.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Messages to send.
+    pub count: u64,
+    /// Payload bytes per message (at least 8: the first 8 hold the sequence number).
+    pub size: usize,
+    /// Interval between messages.
+    pub interval: Duration,
+    /// Leading messages left out of the timing figures (still sent and counted).
+    pub warmup: u64,
+}
+
+/// The spec of a benchmark ring of `slots` slots of `size` bytes.
+pub fn spec(name: &str, size: usize, slots: u32) -> RingSpec {
+    RingSpec {
+        name: name.to_owned(),
+        kind: if size >= 4096 {
+            StreamKind::Video
+        } else {
+            StreamKind::Serial
+        },
+        slot_count: slots,
+        slot_size: size as u64,
+        video: None,
+    }
+}
+
+/// Create a fresh ring at `path` for a run.
+pub fn create(path: &Path, size: usize, slots: u32) -> anyhow::Result<Writer> {
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bench".into());
+    let w = Writer::open(path, &spec(&name, size, slots), &CreateOptions::default())
+        .with_context(|| format!("create benchmark ring {}", path.display()))?;
+    if w.head() != 0 {
+        bail!(
+            "ring {} already held messages; expected a fresh file",
+            path.display()
+        );
+    }
+    Ok(w)
+}
+
+/// Publish `plan.count` messages at fixed intervals, timing each one from `lend` through the
+/// copy of the source frame to the return of `commit` (seqlock, head store, futex wake).
+pub fn write(
+    w: &mut Writer,
+    pool: &SourcePool,
+    plan: &Plan,
+    shutdown: &Shutdown,
+) -> anyhow::Result<WriterRun> {
+    if plan.size < 8 || plan.size > w.capacity() {
+        bail!(
+            "message size {} does not fit 8..={} bytes",
+            plan.size,
+            w.capacity()
+        );
+    }
+    let mut costs = Vec::with_capacity(plan.count as usize);
+    let mut delays = Vec::with_capacity(plan.count as usize);
+    let mut switched_out = 0;
+    let mut sched = SchedStat::open();
+    let mut pacer = Pacer::new(plan.interval);
+    let ticks = CpuTicks::now();
+    let started = Instant::now();
+    for i in 0..plan.count {
+        if !pacer.wait(shutdown) {
+            bail!("interrupted");
+        }
+        let src = &pool.get(i)[..plan.size];
+        let meta = Meta {
+            capture_ns: ring::monotonic_ns(),
+            device_seq: i,
+            flags: 0,
+        };
+        let before = sched.sample();
+        let t0 = Instant::now();
+        let mut loan = w.lend();
+        let seq = loan.seq();
+        let buf = loan.buf();
+        buf[..plan.size].copy_from_slice(src);
+        buf[..8].copy_from_slice(&seq.to_le_bytes());
+        loan.commit(plan.size, meta);
+        let cost = nanos(t0.elapsed());
+        let after = sched.sample();
+        if i >= plan.warmup {
+            costs.push(cost);
+            if let (Some(a), Some(b)) = (before, after) {
+                delays.push(b.run_delay_ns.saturating_sub(a.run_delay_ns));
+                switched_out += u64::from(b.switches > a.switches);
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let ticks = CpuTicks::since(ticks);
+    let switched_out = (delays.len() == costs.len()).then_some(switched_out);
+    Ok(WriterRun {
+        published: plan.count,
+        costs_ns: costs,
+        overruns: pacer.overruns(),
+        elapsed,
+        ticks,
+        switched_out,
+        run_delay_ns: delays,
+    })
+}
+
+/// The reader process: attach, say "ready", then take messages until the last one (number
+/// `count - 1`) or `idle` passes without one; hand the report to `done` while the ring is
+/// still mapped.
+///
+/// Latency is taken the moment `next` returns a message: `realtime_ns() - publish_ns()`. The
+/// payload is then touched minimally (its first 8 bytes must hold the message number) and the
+/// message finished.
+pub fn read(
+    path: &Path,
+    count: u64,
+    warmup: u64,
+    idle: Duration,
+    done: impl FnOnce(&ReaderReport) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut reader = Reader::open(path, Start::Next)
+        .with_context(|| format!("open benchmark ring {}", path.display()))?;
+    super::say(super::procs::READY)?;
+    let mut report = ReaderReport {
+        latencies_ns: Vec::with_capacity(count as usize),
+        incomplete: true,
+        ..ReaderReport::default()
+    };
+    loop {
+        match reader.next(idle)? {
+            ring::Recv::Message(m) => {
+                let now = ring::realtime_ns();
+                let latency = now.saturating_sub(m.publish_ns());
+                let seq = m.seq();
+                let tagged = m.payload().get(..8) == Some(&seq.to_le_bytes()[..]);
+                if m.finish() {
+                    if !tagged {
+                        report.bad_payload += 1;
+                    }
+                    if seq >= warmup {
+                        report.latencies_ns.push(latency);
+                    }
+                } else {
+                    report.torn += 1;
+                }
+                report.last_seq = Some(seq);
+                if seq.wrapping_add(1) >= count {
+                    report.incomplete = false;
+                    break;
+                }
+            }
+            ring::Recv::Reopened => continue,
+            ring::Recv::TimedOut => break,
+        }
+    }
+    // `delivered()` counts torn messages too, and `lost()` counts them as lost: count each once.
+    report.delivered = reader.delivered() - report.torn;
+    report.lost = reader.lost();
+    done(&report)
+}

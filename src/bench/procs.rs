@@ -293,8 +293,8 @@ impl Control {
     }
 }
 
-/// Send `signal` (e.g. `STOP`, `CONT`) to `pid` with the `kill` command: this crate allows no
-/// `unsafe` outside the ring, and so no `libc::kill`.
+/// Send `signal` (e.g. `STOP`, `CONT`) to `pid` with the `kill` command: only `src/ring` may call
+/// into libc directly, so there is no `libc::kill` here.
 pub fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     let status = Command::new("kill")
         .arg(format!("-{signal}"))

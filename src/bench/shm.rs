@@ -206,8 +206,8 @@ pub fn read(
             ring::Recv::TimedOut => break,
         }
     }
-    // `delivered()` counts torn messages too, and `lost()` counts them as lost: count each once.
-    report.delivered = reader.delivered() - report.torn;
+    // `delivered()` already leaves out messages found torn after use; `lost()` counts them.
+    report.delivered = reader.delivered();
     report.lost = reader.lost();
     done(&report)
 }

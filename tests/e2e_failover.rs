@@ -2,7 +2,9 @@
 //! real `edgeplex failover` controller, all separate processes talking HTTP to the in-process
 //! test API server. The agents read their power from sysfs fixtures the test rewrites.
 //!
-//! 1. `edge-a` (primary) becomes active; both agents label their nodes battery/power.
+//! 1. The controller starts first, then the backup's agent, then the primary's: the controller
+//!    waits for the primary instead of activating the backup that showed up first, and `edge-a`
+//!    becomes active; both agents label their nodes battery/power.
 //! 2. `edge-a`'s battery drains to critical: its agent puts the `BatteryCritical` condition and
 //!    the failover taint on it, and the controller moves `active` to `edge-b`.
 //! 3. `edge-b`'s agent is killed (SIGKILL): after its Lease duration the controller sees it dead,
@@ -28,8 +30,10 @@ const NS: &str = "edgeplex";
 const ACTIVE: &str = "edgeplex.io/active";
 const TAINT: &str = "edgeplex.io/failover";
 const NODES: [&str; 2] = ["edge-a", "edge-b"];
-/// The agents' Lease duration (and the controller's assumption for Leases without one).
+/// The agents' Lease duration (declared in their Leases).
 const AGENT_LEASE_SECS: u32 = 2;
+/// The controller's assumption for a node whose Lease is missing.
+const MISSING_LEASE_SECS: u32 = 20;
 /// The agents' hold-down before a cleared cause removes their taint.
 const HOLD_DOWN_SECS: f64 = 2.0;
 /// Watchdog for every wait: generous, only to fail a hang.
@@ -234,7 +238,10 @@ impl Controller {
             .args(["failover", "--identity", "e2e", "--lease-duration", "1"])
             .args(["--renew-interval", "0.1", "--renew-deadline", "0.6"])
             .args(["--poll-interval", "0.1", "--agent-lease-namespace", NS])
-            .args(["--agent-lease-duration", &AGENT_LEASE_SECS.to_string()])
+            // Assumed only for a node whose Lease is missing (the agents declare theirs): how
+            // long the controller waits for a primary that has not shown up yet. Generous, so a
+            // slow start on a loaded machine is not taken for a dead primary.
+            .args(["--agent-lease-duration", &MISSING_LEASE_SECS.to_string()])
             .args(["--untaint-after", "1", "--metrics-listen", ""])
             .args(["--log", "info,edgeplex=debug"])
             .arg("--kubeconfig")
@@ -356,10 +363,25 @@ async fn scenario() {
     add_node(&c, "edge-b", "backup");
     let ctl_dir = tempfile::tempdir().expect("controller dir");
 
-    let mut a = Agent::start(&server, "edge-a");
+    // 1. The controller starts first, then the backup's agent, and the primary's agent only
+    //    once the backup's Lease has been renewing for a while. Nobody is active yet, so the
+    //    controller waits for the primary (its Lease pending) instead of activating the backup
+    //    that happened to show up first; then the primary becomes active.
+    let mut ctl = Controller::start(&server, ctl_dir.path());
     let mut b = Agent::start(&server, "edge-b");
-    // 1. Both agents publish their power and heartbeat; then the controller starts and makes
-    //    the primary active.
+    wait_for_async("edge-b's heartbeat Lease", DEADLINE, || {
+        c.lease(NS, "edge-b").map(|_| ())
+    })
+    .await;
+    // A second of rounds (the poll interval is 0.1 s): edge-b's Lease renews twice meanwhile
+    // (heartbeat 0.5 s), so the controller sees the backup healthy and the primary pending.
+    wait_rounds(&c, 10).await;
+    assert_eq!(
+        actives(&c),
+        Vec::<String>::new(),
+        "the controller must wait for the pending primary, not activate the backup"
+    );
+    let mut a = Agent::start(&server, "edge-a");
     for node in NODES {
         wait_for_async(
             &format!("{node}'s battery and power labels"),
@@ -374,8 +396,14 @@ async fn scenario() {
         .await;
         assert_eq!(failover_taint(&c, node), None);
     }
-    let mut ctl = Controller::start(&server, ctl_dir.path());
     wait_active(&c, "edge-a").await;
+    let activated: Vec<Value> = events_with_reason(&c, "Activated");
+    assert!(
+        activated
+            .iter()
+            .all(|e| e["involvedObject"]["name"] == "edge-a"),
+        "only the primary was ever activated: {activated:?}"
+    );
     a.assert_running();
     b.assert_running();
     ctl.assert_running();

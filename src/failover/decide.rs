@@ -14,7 +14,10 @@
 //!   not take `active` back (no flapping);
 //! - the new active is always a healthy node ([`Candidacy::Healthy`]): Lease seen to change and not
 //!   expired, Ready, schedulable, not tainted, no critical condition; primaries before backups
-//!   before nodes without a role, then by name;
+//!   before nodes without a role, then by name. When no node is active (a new group, or the
+//!   controller's first look after a start), a better-ranked node whose Lease has not been seen
+//!   to change yet is waited for until it confirms or expires, so the primary is chosen whatever
+//!   order the Leases renew in; a handover off a failing active node never waits;
 //! - a node handed over because it is dead gets the failover taint (value
 //!   [`DEAD_TAINT_VALUE`]), so its pods are evicted at once; other reasons leave the node to its
 //!   agent, which taints it itself. When the dead node's Lease is seen renewing again for
@@ -414,7 +417,11 @@ fn decide_group(snap: &Snapshot, group: &str, members: &[&NodeView], d: &mut Dec
     let actives: Vec<&NodeView> = members.iter().copied().filter(|n| n.active).collect();
     // The active node after this round, and whether a needed move found no healthy node.
     let (after, stuck): (Option<&NodeView>, bool) = if actives.is_empty() {
-        match best(snap, members, |_| true) {
+        // Nobody is active (a new group, or a controller's first look): nothing is urgent, so a
+        // better-ranked node whose Lease is not confirmed yet is waited for (at most its Lease
+        // duration, after which it counts as dead) rather than passed over for whichever node
+        // happened to renew first.
+        match best(snap, members, Patience::WaitForBetter, |_| true) {
             Pick::Healthy(n) => {
                 d.actions.push(Action::SetActive {
                     node: n.name.clone(),
@@ -469,7 +476,8 @@ fn decide_group(snap: &Snapshot, group: &str, members: &[&NodeView], d: &mut Dec
         }
         match snap.reason(keeper) {
             None => (Some(keeper), false),
-            Some(reason) => match best(snap, members, |n| !n.active) {
+            // A handover is urgent: the best node that is healthy now.
+            Some(reason) => match best(snap, members, Patience::Urgent, |n| !n.active) {
                 Pick::Healthy(to) => {
                     d.actions.push(Action::SetActive {
                         node: to.name.clone(),
@@ -545,15 +553,28 @@ enum Pick<'a> {
     None,
 }
 
+/// How [`best`] treats a pending node ranked ahead of a healthy one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Patience {
+    /// Take the best node healthy now (a handover: the active node is failing).
+    Urgent,
+    /// Wait for a better-ranked pending node to confirm or expire (first activation).
+    WaitForBetter,
+}
+
 /// The best healthy node among `members` (already in preference order) that passes `filter`.
 fn best<'a>(
     snap: &Snapshot,
     members: &[&'a NodeView],
+    patience: Patience,
     filter: impl Fn(&NodeView) -> bool,
 ) -> Pick<'a> {
     let mut pending = false;
     for n in members.iter().copied().filter(|n| filter(n)) {
         match snap.candidacy(n) {
+            Candidacy::Healthy if pending && patience == Patience::WaitForBetter => {
+                return Pick::Wait
+            }
             Candidacy::Healthy => return Pick::Healthy(n),
             Candidacy::Pending => pending = true,
             Candidacy::Unfit => {}

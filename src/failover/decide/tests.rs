@@ -191,6 +191,52 @@ fn no_active_waits_for_unconfirmed_leases() {
 }
 
 #[test]
+fn no_active_waits_for_a_pending_primary_over_a_healthy_backup() {
+    // The controller's first rounds: the backup's Lease happened to renew first.
+    let w = World::new()
+        .with(node("p", "g", Role::Primary), L::Pending)
+        .with(node("b", "g", Role::Backup), L::Fresh);
+    let d = decide(&w.snap(), &P, &Memory::default());
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(d.active["g"], None);
+    // The primary renews: it is chosen.
+    let w = World::new()
+        .with(node("p", "g", Role::Primary), L::Fresh)
+        .with(node("b", "g", Role::Backup), L::Fresh);
+    let d = decide(&w.snap(), &P, &d.memory);
+    assert_eq!(writes(&d), vec![set("p")]);
+    // The primary never renews: once its Lease expires, the backup is chosen.
+    let w = World::new()
+        .with(node("p", "g", Role::Primary), L::Dead)
+        .with(node("b", "g", Role::Backup), L::Fresh);
+    let d = decide(&w.snap(), &P, &Memory::default());
+    assert_eq!(writes(&d), vec![set("b")]);
+}
+
+#[test]
+fn a_pending_node_ranked_below_a_healthy_one_is_not_waited_for() {
+    let w = World::new()
+        .with(node("p", "g", Role::Primary), L::Fresh)
+        .with(node("b", "g", Role::Backup), L::Pending);
+    let d = decide(&w.snap(), &P, &Memory::default());
+    assert_eq!(writes(&d), vec![set("p")]);
+}
+
+#[test]
+fn a_handover_does_not_wait_for_a_pending_better_node() {
+    // The active backup is critical; the primary is pending, another backup healthy: hand over
+    // to the healthy one now rather than wait for the primary.
+    let mut b1 = active(node("b1", "g", Role::Backup));
+    b1.battery_critical = true;
+    let w = World::new()
+        .with(b1, L::Fresh)
+        .with(node("p", "g", Role::Primary), L::Pending)
+        .with(node("b2", "g", Role::Backup), L::Fresh);
+    let d = decide(&w.snap(), &P, &Memory::default());
+    assert_eq!(writes(&d), vec![set("b2"), clear("b1")]);
+}
+
+#[test]
 fn no_active_and_nobody_healthy_warns_once() {
     let w = World::new()
         .with(node("p", "g", Role::Primary), L::Dead)
@@ -787,8 +833,19 @@ proptest! {
             prop_assert!(actives.len() <= 1, "group {} has actives {:?}", g, actives);
             prop_assert_eq!(d.active[&g].as_deref(), actives.first().copied());
             let any_healthy = members.iter().any(|n| snap.candidacy(n) == Candidacy::Healthy);
-            if any_healthy {
+            // With nobody active before, a pending node ranked ahead of every healthy one is
+            // waited for; otherwise a healthy node means an active one.
+            let was_active = snap.nodes.iter().any(|n| n.active && n.group.as_ref() == Some(&g));
+            let mut ranked: Vec<&NodeView> =
+                snap.nodes.iter().filter(|n| n.group.as_ref() == Some(&g)).collect();
+            ranked.sort_by(|a, b| rank(a).cmp(&rank(b)));
+            let first_fit = ranked.iter().map(|n| snap.candidacy(n)).find(|c| *c != Candidacy::Unfit);
+            let waits = !was_active && first_fit == Some(Candidacy::Pending);
+            if any_healthy && !waits {
                 prop_assert_eq!(actives.len(), 1, "group {} has a healthy node", g);
+            }
+            if waits {
+                prop_assert!(actives.is_empty(), "group {} activated past a pending better node", g);
             }
         }
     }

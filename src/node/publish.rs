@@ -51,11 +51,28 @@ struct Track {
     failing: Option<(String, Instant)>,
 }
 
+/// A factor in [0.5, 1): each retry waits between half and all of its backoff delay, so a fleet
+/// of agents that lost the API server at the same moment does not come back at the same moment.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS once per process and stepped for each new instance.
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    0.5 + (bits >> 11) as f64 / (1u64 << 53) as f64 * 0.5
+}
+
 impl Track {
     fn new(what: &'static str, s: &NodeSettings) -> Track {
+        Track::capped(what, s, s.retry_max_secs)
+    }
+
+    /// A track whose retries wait at most `max_secs` (or the settings' maximum, if lower).
+    fn capped(what: &'static str, s: &NodeSettings, max_secs: f64) -> Track {
+        let initial = s.retry_initial_secs.min(max_secs);
         Track {
             what,
-            backoff: Backoff::new(secs(s.retry_initial_secs), secs(s.retry_max_secs)),
+            backoff: Backoff::new(secs(initial), secs(s.retry_max_secs.min(max_secs))),
             retry_at: None,
             failing: None,
         }
@@ -65,22 +82,32 @@ impl Track {
         self.retry_at.is_none_or(|t| now >= t)
     }
 
-    fn ok(&mut self, node: &str) {
+    /// A success. Returns whether it ends a run of failures.
+    fn ok(&mut self, node: &str) -> bool {
         self.backoff.reset();
         self.retry_at = None;
-        if let Some((error, since)) = self.failing.take() {
-            tracing::info!(
-                node,
-                what = self.what,
-                failed_for_secs = since.elapsed().as_secs_f64(),
-                previous_error = %error,
-                "kubernetes {} recovered", self.what
-            );
-        }
+        let Some((error, since)) = self.failing.take() else {
+            return false;
+        };
+        tracing::info!(
+            node,
+            what = self.what,
+            failed_for_secs = since.elapsed().as_secs_f64(),
+            previous_error = %error,
+            "kubernetes {} recovered", self.what
+        );
+        true
+    }
+
+    /// The API server answers again (the other track recovered): retry now rather than at the
+    /// end of a backoff delay that was sized for an outage that is over. The backoff itself is
+    /// kept, so an error of this request's own (403, 422) still backs off.
+    fn retry_now(&mut self) {
+        self.retry_at = None;
     }
 
     fn fail(&mut self, node: &str, e: &NodeError) {
-        let delay = self.backoff.next_delay();
+        let delay = self.backoff.next_delay().mul_f64(jitter());
         self.retry_at = Some(Instant::now() + delay);
         if self.failing.is_none() {
             tracing::warn!(
@@ -92,7 +119,7 @@ impl Track {
             );
             self.failing = Some((e.to_string(), Instant::now()));
         } else {
-            tracing::debug!(node, error = %e, retry_in_secs = delay.as_secs_f64(), "retrying");
+            tracing::debug!(node, what = self.what, error = %e, retry_in_secs = delay.as_secs_f64(), "retrying");
         }
     }
 }
@@ -175,7 +202,8 @@ impl Publisher {
             leases: Api::namespaced(client, &id.lease_namespace),
             decider: Decider::new(settings.rules()),
             node_track: Track::new("node sync", &settings),
-            lease_track: Track::new("lease renewal", &settings),
+            // The heartbeat is the liveness signal: never retried less often than it is due.
+            lease_track: Track::capped("lease renewal", &settings, settings.heartbeat_secs),
             id,
             settings,
             metrics,
@@ -206,7 +234,9 @@ impl Publisher {
                     Ok(published) => {
                         self.synced = Some(published);
                         self.next_resync = Instant::now() + secs(self.settings.resync_secs);
-                        self.node_track.ok(&self.id.node_name);
+                        if self.node_track.ok(&self.id.node_name) {
+                            self.lease_track.retry_now();
+                        }
                         self.metrics
                             .synced(Timestamp::now().as_millisecond() as f64 / 1e3);
                     }
@@ -221,7 +251,9 @@ impl Publisher {
                 match self.renew_lease().await {
                     Ok(()) => {
                         self.next_lease = Instant::now() + secs(self.settings.heartbeat_secs);
-                        self.lease_track.ok(&self.id.node_name);
+                        if self.lease_track.ok(&self.id.node_name) {
+                            self.node_track.retry_now();
+                        }
                     }
                     Err(NodeError::ShuttingDown) => break,
                     Err(e) => self.lease_track.fail(&self.id.node_name, &e),
@@ -554,22 +586,60 @@ mod tests {
             t.fail("n", &e);
             let at = t.retry_at.expect("a retry time");
             assert!(!t.ready(before), "not before the backoff");
-            gaps.push(at.duration_since(before).as_secs_f64().round() as u64);
+            gaps.push(at.duration_since(before).as_secs_f64());
         }
-        assert_eq!(gaps, [1, 2, 4, 4]);
+        // Each gap is the doubling delay (capped) times a jitter in [0.5, 1).
+        for (gap, full) in gaps.iter().zip([1.0, 2.0, 4.0, 4.0]) {
+            assert!(*gap >= full * 0.5 - 0.01 && *gap < full + 0.01, "{gaps:?}");
+        }
         let (_, since) = t.failing.clone().expect("failing");
         assert!(
             since <= start + Duration::from_secs(1),
             "the failure start is kept"
         );
-        t.ok("n");
+        assert!(t.ok("n"), "a recovery");
         assert!(t.failing.is_none() && t.retry_at.is_none());
+        assert!(!t.ok("n"), "a success is a recovery only after failures");
         t.fail("n", &e);
         let at = t.retry_at.expect("a retry time");
         assert!(
             at.duration_since(Instant::now()) <= Duration::from_secs(1),
             "reset"
         );
+    }
+
+    #[test]
+    fn jitter_stays_in_range_and_varies() {
+        let js: Vec<f64> = (0..1000).map(|_| jitter()).collect();
+        assert!(js.iter().all(|j| (0.5..1.0).contains(j)));
+        let distinct: std::collections::BTreeSet<u64> = js.iter().map(|j| j.to_bits()).collect();
+        assert!(distinct.len() > 990, "jitter repeats: {}", distinct.len());
+        let mean = js.iter().sum::<f64>() / js.len() as f64;
+        assert!((0.7..0.8).contains(&mean), "mean {mean}");
+    }
+
+    #[test]
+    fn the_lease_track_retries_at_least_every_heartbeat() {
+        let s = NodeSettings {
+            heartbeat_secs: 2.0,
+            retry_initial_secs: 0.5,
+            retry_max_secs: 30.0,
+            ..NodeSettings::default()
+        };
+        let mut t = Track::capped("lease renewal", &s, s.heartbeat_secs);
+        let e = NodeError::NodeNotFound { node: "n".into() };
+        for _ in 0..10 {
+            let before = Instant::now();
+            t.fail("n", &e);
+            let wait = t.retry_at.expect("retry").duration_since(before);
+            assert!(wait <= Duration::from_secs(2), "{wait:?}");
+        }
+        // Another request got through: retry now, but keep backing off on our own errors.
+        t.retry_now();
+        assert!(t.ready(Instant::now()));
+        let before = Instant::now();
+        t.fail("n", &e);
+        assert!(t.retry_at.expect("retry").duration_since(before) >= Duration::from_millis(999));
     }
 
     #[test]

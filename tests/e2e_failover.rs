@@ -15,6 +15,7 @@
 //! Every wait is bounded by a generous deadline; no duration is asserted. The detection-to-
 //! handover times are printed (run with `--nocapture`).
 
+mod common;
 mod kube_api;
 
 use std::fs;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::agent::{tail, Agent, AgentConfig};
 use kube_api::{wait_for_async, Cluster, TestApiServer};
 use serde_json::{json, Value};
 
@@ -41,187 +43,13 @@ const DEADLINE: Duration = Duration::from_secs(40);
 /// Watchdog for the whole test.
 const WATCHDOG: Duration = Duration::from_secs(120);
 
-/// A sysfs power-supply class directory with a battery `BAT0` and a mains supply `AC`.
-struct Sysfs {
-    dir: tempfile::TempDir,
-}
-
-impl Sysfs {
-    fn new() -> Sysfs {
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::create_dir_all(dir.path().join("class/power_supply")).expect("mkdir class");
-        fs::create_dir_all(dir.path().join("devices")).expect("mkdir devices");
-        let s = Sysfs { dir };
-        s.battery("Discharging", 80, 40_000_000);
-        s.mains(false);
-        s
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("class/power_supply")
-    }
-
-    /// Create or update a supply's attributes (each written whole, as sysfs shows them).
-    fn supply(&self, name: &str, attrs: &[(&str, &str)]) {
-        let dev = self.dir.path().join("devices").join(name);
-        if !dev.exists() {
-            fs::create_dir_all(&dev).expect("mkdir supply");
-            std::os::unix::fs::symlink(&dev, self.root().join(name)).expect("symlink");
-        }
-        for (attr, value) in attrs {
-            // Write then rename, so the agent never reads a half-written file.
-            let tmp = dev.join(format!(".{attr}.tmp"));
-            fs::write(&tmp, format!("{value}\n")).expect("write attribute");
-            fs::rename(&tmp, dev.join(attr)).expect("rename attribute");
-        }
-    }
-
-    fn battery(&self, status: &str, capacity: u32, energy_uwh: u64) {
-        self.supply(
-            "BAT0",
-            &[
-                ("type", "Battery"),
-                ("present", "1"),
-                ("energy_full", "50000000"),
-                ("energy_now", &energy_uwh.to_string()),
-                ("capacity", &capacity.to_string()),
-                ("status", status),
-            ],
-        );
-    }
-
-    fn mains(&self, online: bool) {
-        self.supply(
-            "AC",
-            &[
-                ("type", "Mains"),
-                ("online", if online { "1" } else { "0" }),
-            ],
-        );
-    }
-}
-
-/// One `edgeplex run` agent with its config, ring directory and power fixture.
-struct Agent {
-    name: &'static str,
-    child: Option<Child>,
-    power: Sysfs,
-    dir: tempfile::TempDir,
-    _rings: tempfile::TempDir,
-}
-
-impl Agent {
-    fn start(server: &TestApiServer, name: &'static str) -> Agent {
-        let power = Sysfs::new();
-        let dir = tempfile::tempdir().expect("config dir");
-        let rings = tempfile::Builder::new()
-            .prefix("edgeplex-e2e-")
-            .tempdir_in("/dev/shm")
-            .expect("ring dir in /dev/shm");
-        let config = format!(
-            r#"
-[ring]
-dir = {ring:?}
-
-[metrics]
-listen = ""
-
-[log]
-level = "info,edgeplex=debug"
-
-[power]
-sysfs_root = {sysfs:?}
-poll_interval_secs = 0.2
-low_tte_secs = 0
-critical_tte_secs = 0
-hysteresis_secs = 0
-confirm_samples = 1
-
-[kube]
-mode = "kubeconfig"
-kubeconfig = {kubeconfig:?}
-node_name = "{name}"
-lease_namespace = "{NS}"
-request_timeout_secs = 5
-
-[node]
-group = "{GROUP}"
-critical_streams = []
-failover_taint = true
-hold_down_secs = {HOLD_DOWN_SECS:?}
-heartbeat_secs = 0.5
-lease_duration_secs = {AGENT_LEASE_SECS}
-
-[stream.cam0]
-type = "test-pattern"
-width = 64
-height = 48
-fps = 10
-slot_count = 4
-"#,
-            ring = rings.path().display().to_string(),
-            sysfs = power.root().display().to_string(),
-            kubeconfig = server.kubeconfig_path().display().to_string(),
-        );
-        let path = dir.path().join("edgeplex.toml");
-        fs::write(&path, config).expect("write config");
-        let log = fs::File::create(dir.path().join("agent.log")).expect("agent log");
-        let child = Command::new(env!("CARGO_BIN_EXE_edgeplex"))
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .env_remove("EDGEPLEX_CONFIG")
-            .env_remove("KUBECONFIG")
-            .env_remove("NODE_NAME")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn edgeplex run");
-        Agent {
-            name,
-            child: Some(child),
-            power,
-            dir,
-            _rings: rings,
-        }
-    }
-
-    /// SIGKILL the agent; returns when it is gone.
-    fn kill(&mut self) -> Instant {
-        let mut child = self.child.take().expect("the agent runs");
-        child.kill().expect("SIGKILL the agent");
-        child.wait().expect("reap the agent");
-        Instant::now()
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    /// The agent must still run (a crash would make the waits below time out obscurely).
-    fn assert_running(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                panic!(
-                    "agent {} exited with {status}:\n{}",
-                    self.name,
-                    tail(&self.log())
-                );
-            }
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- agent {} log ---\n{}", self.name, tail(&self.log()));
-        }
-    }
+/// An agent of the group with this test's Lease duration and hold-down.
+fn start_agent(server: &TestApiServer, node: &str) -> Agent {
+    let mut cfg = AgentConfig::new(node, GROUP);
+    cfg.lease_namespace = NS.into();
+    cfg.lease_duration_secs = AGENT_LEASE_SECS;
+    cfg.hold_down_secs = HOLD_DOWN_SECS;
+    Agent::start(server.kubeconfig_path(), &cfg)
 }
 
 /// The `edgeplex failover` controller process.
@@ -258,7 +86,7 @@ impl Controller {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!(
                 "the controller exited with {status}:\n{}",
-                tail(&fs::read_to_string(&self.log).unwrap_or_default())
+                tail(&fs::read_to_string(&self.log).unwrap_or_default(), 60)
             );
         }
     }
@@ -271,15 +99,10 @@ impl Drop for Controller {
         if std::thread::panicking() {
             eprintln!(
                 "--- controller log ---\n{}",
-                tail(&fs::read_to_string(&self.log).unwrap_or_default())
+                tail(&fs::read_to_string(&self.log).unwrap_or_default(), 60)
             );
         }
     }
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
 /// A Ready node of the group with its role, labelled by the admin.
@@ -368,7 +191,7 @@ async fn scenario() {
     //    controller waits for the primary (its Lease pending) instead of activating the backup
     //    that happened to show up first; then the primary becomes active.
     let mut ctl = Controller::start(&server, ctl_dir.path());
-    let mut b = Agent::start(&server, "edge-b");
+    let mut b = start_agent(&server, "edge-b");
     wait_for_async("edge-b's heartbeat Lease", DEADLINE, || {
         c.lease(NS, "edge-b").map(|_| ())
     })
@@ -381,7 +204,7 @@ async fn scenario() {
         Vec::<String>::new(),
         "the controller must wait for the pending primary, not activate the backup"
     );
-    let mut a = Agent::start(&server, "edge-a");
+    let mut a = start_agent(&server, "edge-a");
     for node in NODES {
         wait_for_async(
             &format!("{node}'s battery and power labels"),

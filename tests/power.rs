@@ -2,49 +2,15 @@
 //! `/sys/class/power_supply`, pointed at a temporary tree of real files and symlinks.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+mod common;
+
+use common::agent::Sysfs;
 use edgeplex::power::{
     read_supplies, CapacityLevel, EstimateSource, Monitor, PowerClass, PowerConfig, PowerError,
     Reason, Status, SupplyKind,
 };
-
-/// A `/sys/class/power_supply` lookalike: supplies live under `devices/` and the class
-/// directory holds symlinks to them, as in real sysfs.
-struct Sysfs {
-    dir: tempfile::TempDir,
-}
-
-impl Sysfs {
-    fn new() -> Sysfs {
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::create_dir_all(dir.path().join("class/power_supply")).expect("mkdir class");
-        fs::create_dir_all(dir.path().join("devices")).expect("mkdir devices");
-        Sysfs { dir }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("class/power_supply")
-    }
-
-    /// Create or update a supply's attributes.
-    fn supply(&self, name: &str, attrs: &[(&str, &str)]) {
-        let dev = self.dir.path().join("devices").join(name);
-        if !dev.exists() {
-            fs::create_dir_all(&dev).expect("mkdir supply");
-            std::os::unix::fs::symlink(&dev, self.root().join(name)).expect("symlink");
-        }
-        for (attr, value) in attrs {
-            // sysfs values end in a newline.
-            fs::write(dev.join(attr), format!("{value}\n")).expect("write attribute");
-        }
-    }
-
-    fn remove(&self, name: &str, attr: &str) {
-        fs::remove_file(self.dir.path().join("devices").join(name).join(attr))
-            .expect("remove attribute");
-    }
-}
 
 fn config(root: &Path) -> PowerConfig {
     PowerConfig {
@@ -77,7 +43,7 @@ fn acpi_battery(fs: &Sysfs, status: &str, capacity: u32, energy_uwh: u64) {
 
 #[test]
 fn reads_a_laptop_tree_with_mains_usb_and_a_peripheral() {
-    let fs = Sysfs::new();
+    let fs = Sysfs::empty();
     acpi_battery(&fs, "Discharging", 43, 21_500_000);
     fs.supply("AC", &[("type", "Mains"), ("online", "0")]);
     fs.supply(
@@ -144,7 +110,7 @@ fn reads_a_laptop_tree_with_mains_usb_and_a_peripheral() {
 
 #[test]
 fn a_discharge_then_mains_through_the_files() {
-    let fs = Sysfs::new();
+    let fs = Sysfs::empty();
     fs.supply("AC", &[("type", "Mains"), ("online", "0")]);
     let mut m = Monitor::new(config(&fs.root()));
     // 50 Wh battery at 9.5 W: energy falls ~2639 µWh per second.
@@ -186,7 +152,7 @@ fn a_discharge_then_mains_through_the_files() {
 
 #[test]
 fn a_battery_with_only_capacity_and_charge_files() {
-    let fs = Sysfs::new();
+    let fs = Sysfs::empty();
     // No type, no status: a minimal fuel-gauge driver.
     fs.supply(
         "fuel-gauge",
@@ -224,7 +190,7 @@ fn a_battery_with_only_capacity_and_charge_files() {
 
 #[test]
 fn a_driver_that_reports_negative_current_when_discharging() {
-    let fs = Sysfs::new();
+    let fs = Sysfs::empty();
     let mut m = Monitor::new(config(&fs.root()));
     let mut s = None;
     for i in 0..4 {
@@ -254,7 +220,7 @@ fn a_driver_that_reports_negative_current_when_discharging() {
 
 #[test]
 fn the_driver_time_to_empty_is_preferred() {
-    let fs = Sysfs::new();
+    let fs = Sysfs::empty();
     fs.supply(
         "bq27500-0",
         &[
@@ -283,7 +249,7 @@ fn the_driver_time_to_empty_is_preferred() {
 
 #[test]
 fn unreadable_and_garbage_attributes_are_tolerated() {
-    let fs = Sysfs::new();
+    let fs = Sysfs::empty();
     fs.supply(
         "BAT1",
         &[
@@ -298,7 +264,7 @@ fn unreadable_and_garbage_attributes_are_tolerated() {
         ],
     );
     // A read that fails (EIO on a real driver) looks like this to the reader.
-    fs::create_dir(fs.dir.path().join("devices/BAT1/charge_now")).expect("mkdir");
+    fs::create_dir(fs.device("BAT1").join("charge_now")).expect("mkdir");
     let supplies = read_supplies(&fs.root()).expect("read");
     let b = &supplies[0];
     assert_eq!(
@@ -321,20 +287,20 @@ fn unreadable_and_garbage_attributes_are_tolerated() {
 
 #[test]
 fn a_node_without_a_battery() {
-    let fs = Sysfs::new();
+    let fs = Sysfs::empty();
     fs.supply("AC", &[("type", "Mains"), ("online", "1")]);
     let mut m = Monitor::new(config(&fs.root()));
     let s = m.sample(0.0, &read_supplies(&fs.root()).expect("read"));
     assert!(!s.battery && !s.on_battery);
     assert_eq!((s.class, s.reason), (PowerClass::Normal, Reason::NoBattery));
 
-    let empty = Sysfs::new();
+    let empty = Sysfs::empty();
     assert!(read_supplies(&empty.root()).expect("read").is_empty());
 }
 
 #[test]
 fn a_missing_root_is_an_error_that_suggests_the_fix() {
-    let fs = Sysfs::new();
+    let fs = Sysfs::empty();
     let missing = fs.root().join("nope");
     let err = read_supplies(&missing).expect_err("missing");
     assert!(matches!(err, PowerError::ReadRoot { .. }));

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use edgeplex::ring::layout::off;
 use edgeplex::ring::Meta;
 
+pub mod agent;
+
 /// How long any child process may live before its watchdog kills it and the test fails.
 pub const WATCHDOG: Duration = Duration::from_secs(60);
 

@@ -16,31 +16,84 @@ use serde_json::{json, Value};
 
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{self, ApiError, PatchType, Resource, Target};
-use super::{Cluster, RequestRecord};
+use super::{Cluster, Outage, RequestRecord};
 
 type Body = BoxBody<Bytes, Infallible>;
 
-/// Accept connections until `stop` fires.
+/// Accept connections until `stop` fires, following the [`Outage`] mode the cluster asks for:
+/// `Down` drops the listener (the port refuses connections) and closes every connection, `Hang`
+/// stops reading every connection, `Up` listens on `addr` again.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    addr: std::net::SocketAddr,
     cluster: Cluster,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let mut mode = cluster.outage_watch();
+    let mut listener = Some(listener);
     loop {
+        let want = *mode.borrow_and_update();
+        match (want, listener.is_some()) {
+            (Outage::Down, true) => listener = None,
+            (Outage::Up | Outage::Hang, false) => match rebind(addr) {
+                Ok(l) => listener = Some(l),
+                Err(e) => panic!("the test API server cannot listen on {addr} again: {e}"),
+            },
+            _ => {}
+        }
+        cluster.outage_applied(want);
         tokio::select! {
             _ = &mut stop => break,
-            accepted = listener.accept() => {
+            changed = mode.changed() => if changed.is_err() { break },
+            accepted = accept(listener.as_ref()) => {
                 let Ok((stream, _)) = accepted else { continue };
-                let cluster = cluster.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let cluster = cluster.clone();
-                        async move { Ok::<_, Infallible>(handle(cluster, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+                tokio::spawn(connection(stream, cluster.clone()));
+            }
+        }
+    }
+}
+
+/// Bind `addr` again after an outage (the std listener sets SO_REUSEADDR, so connections left
+/// in TIME_WAIT do not stop it).
+fn rebind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(l)
+}
+
+async fn accept(
+    listener: Option<&tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serve one connection while the server is up; close it when the server goes down, and stop
+/// reading it (then close it when the black hole ends) while the server hangs.
+async fn connection(stream: tokio::net::TcpStream, cluster: Cluster) {
+    let mut mode = cluster.outage_watch();
+    let svc = hyper::service::service_fn(move |req| {
+        let cluster = cluster.clone();
+        async move { Ok::<_, Infallible>(handle(cluster, req).await) }
+    });
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    loop {
+        let now = *mode.borrow_and_update();
+        match now {
+            Outage::Up => tokio::select! {
+                _ = &mut conn => return,
+                changed = mode.changed() => if changed.is_err() { return },
+            },
+            Outage::Down => return,
+            Outage::Hang => {
+                // Not polled: nothing is read or written until the hang ends; then the
+                // connection is closed, as a middlebox that lost its state would.
+                let _ = mode.changed().await;
+                return;
             }
         }
     }

@@ -99,10 +99,25 @@ impl std::fmt::Debug for State {
     }
 }
 
+/// How the server behaves as a whole: up, or one of two kinds of outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// Serving.
+    Up,
+    /// The API server is down: its port is closed (connections are refused) and every open
+    /// connection is closed. Ending it listens on the same port again.
+    Down,
+    /// A black hole (a partition, a hung load balancer): connections are accepted but no
+    /// request is read or answered, so clients time out. Ending it closes those connections.
+    Hang,
+}
+
 /// A handle on the server's state: cheap to clone, usable from any thread.
 #[derive(Debug, Clone)]
 pub struct Cluster {
     state: Arc<Mutex<State>>,
+    outage: Arc<tokio::sync::watch::Sender<Outage>>,
+    applied: Arc<tokio::sync::watch::Sender<Outage>>,
 }
 
 /// The running server. Stops when dropped.
@@ -131,6 +146,8 @@ impl TestApiServer {
                 faults: Vec::new(),
                 hooks: Vec::new(),
             })),
+            outage: Arc::new(tokio::sync::watch::Sender::new(Outage::Up)),
+            applied: Arc::new(tokio::sync::watch::Sender::new(Outage::Up)),
         };
         for ns in ["default", "kube-system", "kube-node-lease", "edgeplex"] {
             cluster.create_namespace(ns);
@@ -147,7 +164,7 @@ impl TestApiServer {
                 rt.block_on(async move {
                     let listener =
                         tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                    http::serve(listener, c, stop_rx).await;
+                    http::serve(listener, addr, c, stop_rx).await;
                 });
             })
             .expect("spawn the test API server thread");
@@ -545,6 +562,28 @@ impl Cluster {
         self.lock().hooks.len()
     }
 
+    /// Put the whole server down, into a black hole, or back up (see [`Outage`]). Returns once
+    /// the server has seen the change (for `Down`: once the port is closed; for `Up` after
+    /// `Down`: once it listens again).
+    pub fn set_server_outage(&self, outage: Outage) {
+        self.outage.send_replace(outage);
+        wait_for(
+            "the test API server to apply the outage",
+            Duration::from_secs(10),
+            || (*self.applied.borrow() == outage).then_some(()),
+        );
+    }
+
+    /// The outage mode asked for (the serve loop watches it).
+    pub(crate) fn outage_watch(&self) -> tokio::sync::watch::Receiver<Outage> {
+        self.outage.subscribe()
+    }
+
+    /// The serve loop reports the mode it has put into effect.
+    pub(crate) fn outage_applied(&self, outage: Outage) {
+        self.applied.send_replace(outage);
+    }
+
     /// Every request so far.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.lock().requests.clone()
@@ -557,6 +596,20 @@ impl Cluster {
             .iter()
             .filter(|r| r.method.eq_ignore_ascii_case(method) && r.path.contains(path_contains))
             .count()
+    }
+}
+
+/// Poll `f` every 10 ms until it returns `Some`, or give up (`None`) after `timeout`.
+pub fn try_wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -1,0 +1,268 @@
+//! A real `edgeplex run` agent for the Kubernetes tests: its sysfs power fixture, its config
+//! pointed at a test API server's kubeconfig, its ring directory on tmpfs, and its log.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+/// A `/sys/class/power_supply` lookalike: supplies live under `devices/` and the class
+/// directory holds symlinks to them, as in real sysfs.
+pub struct Sysfs {
+    dir: tempfile::TempDir,
+}
+
+impl Sysfs {
+    /// An empty class directory.
+    pub fn empty() -> Sysfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(dir.path().join("class/power_supply")).expect("mkdir class");
+        fs::create_dir_all(dir.path().join("devices")).expect("mkdir devices");
+        Sysfs { dir }
+    }
+
+    /// A laptop-like node: battery `BAT0` discharging at 80 % and mains `AC` offline.
+    pub fn on_battery() -> Sysfs {
+        let s = Sysfs::empty();
+        s.battery("Discharging", 80, 40_000_000);
+        s.mains(false);
+        s
+    }
+
+    /// The class directory (what `power.sysfs_root` names).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("class/power_supply")
+    }
+
+    /// Create or update a supply's attributes. Each is written whole (write, then rename), so a
+    /// reader never sees half a value; sysfs values end in a newline.
+    pub fn supply(&self, name: &str, attrs: &[(&str, &str)]) {
+        let dev = self.dir.path().join("devices").join(name);
+        if !dev.exists() {
+            fs::create_dir_all(&dev).expect("mkdir supply");
+            std::os::unix::fs::symlink(&dev, self.root().join(name)).expect("symlink");
+        }
+        for (attr, value) in attrs {
+            let tmp = dev.join(format!(".{attr}.tmp"));
+            fs::write(&tmp, format!("{value}\n")).expect("write attribute");
+            fs::rename(&tmp, dev.join(attr)).expect("rename attribute");
+        }
+    }
+
+    /// The directory of supply `name` (the class entry's target).
+    pub fn device(&self, name: &str) -> PathBuf {
+        self.dir.path().join("devices").join(name)
+    }
+
+    /// Remove one attribute of a supply.
+    pub fn remove(&self, name: &str, attr: &str) {
+        fs::remove_file(self.dir.path().join("devices").join(name).join(attr))
+            .expect("remove attribute");
+    }
+
+    /// Battery `BAT0` (ACPI style, energy in µWh, 50 Wh full).
+    pub fn battery(&self, status: &str, capacity: u32, energy_uwh: u64) {
+        self.supply(
+            "BAT0",
+            &[
+                ("type", "Battery"),
+                ("present", "1"),
+                ("energy_full", "50000000"),
+                ("energy_now", &energy_uwh.to_string()),
+                ("capacity", &capacity.to_string()),
+                ("status", status),
+            ],
+        );
+    }
+
+    /// Mains supply `AC`.
+    pub fn mains(&self, online: bool) {
+        self.supply(
+            "AC",
+            &[
+                ("type", "Mains"),
+                ("online", if online { "1" } else { "0" }),
+            ],
+        );
+    }
+}
+
+/// What differs between the agents of the Kubernetes tests.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `kube.node_name`.
+    pub node: String,
+    /// `node.group`.
+    pub group: String,
+    /// `kube.lease_namespace`.
+    pub lease_namespace: String,
+    /// `node.lease_duration_secs`.
+    pub lease_duration_secs: u32,
+    /// `node.heartbeat_secs`.
+    pub heartbeat_secs: f64,
+    /// `node.hold_down_secs`.
+    pub hold_down_secs: f64,
+    /// `kube.request_timeout_secs`.
+    pub request_timeout_secs: f64,
+    /// Frames per second of the test-pattern camera `cam0`.
+    pub fps: u32,
+}
+
+impl AgentConfig {
+    /// Fast settings for node `node` in group `group`, Leases in namespace `edgeplex`.
+    pub fn new(node: &str, group: &str) -> AgentConfig {
+        AgentConfig {
+            node: node.into(),
+            group: group.into(),
+            lease_namespace: "edgeplex".into(),
+            lease_duration_secs: 2,
+            heartbeat_secs: 0.5,
+            hold_down_secs: 2.0,
+            request_timeout_secs: 5.0,
+            fps: 10,
+        }
+    }
+}
+
+/// One `edgeplex run` process with its config, ring directory and power fixture. Killed when
+/// dropped; its log is printed if the test is failing.
+pub struct Agent {
+    pub name: String,
+    child: Option<Child>,
+    pub power: Sysfs,
+    dir: tempfile::TempDir,
+    rings: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Start an agent that reaches the API server through `kubeconfig`.
+    pub fn start(kubeconfig: &Path, cfg: &AgentConfig) -> Agent {
+        let power = Sysfs::on_battery();
+        let dir = tempfile::tempdir().expect("config dir");
+        let rings = super::shm_dir();
+        let config = format!(
+            r#"
+[ring]
+dir = {ring:?}
+
+[metrics]
+listen = ""
+
+[log]
+level = "info,edgeplex=debug"
+
+[power]
+sysfs_root = {sysfs:?}
+poll_interval_secs = 0.2
+low_tte_secs = 0
+critical_tte_secs = 0
+hysteresis_secs = 0
+confirm_samples = 1
+
+[kube]
+mode = "kubeconfig"
+kubeconfig = {kubeconfig:?}
+node_name = "{node}"
+lease_namespace = "{ns}"
+request_timeout_secs = {timeout:?}
+
+[node]
+group = "{group}"
+critical_streams = []
+failover_taint = true
+hold_down_secs = {hold:?}
+heartbeat_secs = {heartbeat:?}
+lease_duration_secs = {lease}
+
+[stream.cam0]
+type = "test-pattern"
+width = 64
+height = 48
+fps = {fps}
+slot_count = 8
+"#,
+            ring = rings.path().display().to_string(),
+            sysfs = power.root().display().to_string(),
+            kubeconfig = kubeconfig.display().to_string(),
+            node = cfg.node,
+            ns = cfg.lease_namespace,
+            timeout = cfg.request_timeout_secs,
+            group = cfg.group,
+            hold = cfg.hold_down_secs,
+            heartbeat = cfg.heartbeat_secs,
+            lease = cfg.lease_duration_secs,
+            fps = cfg.fps,
+        );
+        let path = dir.path().join("edgeplex.toml");
+        fs::write(&path, config).expect("write config");
+        let log = fs::File::create(dir.path().join("agent.log")).expect("agent log");
+        let child = Command::new(env!("CARGO_BIN_EXE_edgeplex"))
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("EDGEPLEX_CONFIG")
+            .env_remove("KUBECONFIG")
+            .env_remove("NODE_NAME")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn edgeplex run");
+        Agent {
+            name: cfg.node.clone(),
+            child: Some(child),
+            power,
+            dir,
+            rings,
+        }
+    }
+
+    /// The ring file of stream `stream`.
+    pub fn ring(&self, stream: &str) -> PathBuf {
+        edgeplex::agent::ring_path(self.rings.path(), stream)
+    }
+
+    /// SIGKILL the agent; returns when it is gone.
+    pub fn kill(&mut self) -> Instant {
+        let mut child = self.child.take().expect("the agent runs");
+        child.kill().expect("SIGKILL the agent");
+        child.wait().expect("reap the agent");
+        Instant::now()
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The agent must still run (a crash would make the waits of a test time out obscurely).
+    pub fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!(
+                    "agent {} exited with {status}:\n{}",
+                    self.name,
+                    tail(&self.log(), 60)
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- agent {} log ---\n{}", self.name, tail(&self.log(), 60));
+        }
+    }
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -680,6 +680,13 @@ fn taint_removal_waits_for_the_condition_to_clear() {
         cleared < untainted,
         "the condition cleared before the taint came off"
     );
+    // The taint edits start from the node our own patches returned: no conflict with ourselves.
+    let conflicts: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.path == node_path && r.status == 409)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(conflicts, Vec::<String>::new(), "the agent raced itself");
 }
 
 #[test]

@@ -318,7 +318,7 @@ impl Publisher {
 
     /// Make the node show `desired`; returns what was published (with an adopted taint).
     async fn sync(&mut self, mut desired: Desired) -> Result<Desired, NodeError> {
-        let node = self.get_node().await?;
+        let mut node = self.get_node().await?;
         let name = self.id.node_name.clone();
         let labels = node.metadata.labels.clone().unwrap_or_default();
         let annotations = node.metadata.annotations.clone().unwrap_or_default();
@@ -353,12 +353,15 @@ impl Publisher {
             }
             let patch = json!({"apiVersion": "v1", "kind": "Node", "metadata": metadata});
             let pp = PatchParams::apply(FIELD_MANAGER).force();
-            self.call(
-                "apply",
-                || format!("apply labels and annotations of node {name}"),
-                self.nodes.patch(&name, &pp, &Patch::Apply(&patch)),
-            )
-            .await?;
+            // The reply is the node as now stored: the taint edit below starts from it, so it
+            // does not run into a 409 caused by our own write.
+            node = self
+                .call(
+                    "apply",
+                    || format!("apply labels and annotations of node {name}"),
+                    self.nodes.patch(&name, &pp, &Patch::Apply(&patch)),
+                )
+                .await?;
             self.applied_meta = Some(meta);
         }
 
@@ -378,12 +381,13 @@ impl Publisher {
                 "status": {"conditions": conditions},
             });
             let pp = PatchParams::apply(FIELD_MANAGER).force();
-            self.call(
-                "apply",
-                || format!("apply conditions of node {name}"),
-                self.nodes.patch_status(&name, &pp, &Patch::Apply(&patch)),
-            )
-            .await?;
+            node = self
+                .call(
+                    "apply",
+                    || format!("apply conditions of node {name}"),
+                    self.nodes.patch_status(&name, &pp, &Patch::Apply(&patch)),
+                )
+                .await?;
             for c in &desired.conditions {
                 let before = current.iter().find(|x| x["type"] == c.type_);
                 let was = before.map(|x| x["status"] == "True");

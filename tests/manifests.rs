@@ -1083,3 +1083,243 @@ fn the_agent_may_write_only_its_own_node() {
         check.contains("authentication.kubernetes.io/node-name") && check.contains("request.name")
     );
 }
+
+/// The admission policy, evaluated: its CEL expressions run in a CEL interpreter (the `cel`
+/// crate) against admission requests shaped as kube-apiserver builds them, with the policy's
+/// matching rules and failure policy applied as the apiserver does. Not kube-apiserver itself:
+/// its CEL extension libraries are absent, and the policy uses none of them.
+#[test]
+fn the_admission_policy_admits_only_writes_to_the_agents_own_node_and_lease() {
+    let text = std::fs::read_to_string(manifests().join("agent/admission-policy.yaml")).unwrap();
+    let policy = yaml_docs(&text)
+        .unwrap()
+        .iter()
+        .find_map(|d| match parse_obj(d).unwrap() {
+            Obj::AdmissionPolicy(p) => Some(p),
+            _ => None,
+        })
+        .expect("a ValidatingAdmissionPolicy");
+    let spec = policy.spec.expect("spec");
+    const AGENT: &str = "system:serviceaccount:edgeplex:edgeplex-agent";
+    const CLAIM: &str = "authentication.kubernetes.io/node-name";
+    let on = |node: &'static str| vec![(CLAIM, vec![node])];
+    let node = ("", "v1", "nodes", "");
+    let status = ("", "v1", "nodes", "status");
+    let lease = ("coordination.k8s.io", "v1", "leases", "");
+    use Verdict::*;
+    let cases: Vec<(&str, Req, Verdict)> = vec![
+        (
+            "own node, labels",
+            Req::new("UPDATE", node, "edge-a", AGENT, on("edge-a")),
+            Allowed,
+        ),
+        (
+            "own node, conditions",
+            Req::new("UPDATE", status, "edge-a", AGENT, on("edge-a")),
+            Allowed,
+        ),
+        (
+            "own Lease, create",
+            Req::new("CREATE", lease, "edge-a", AGENT, on("edge-a")),
+            Allowed,
+        ),
+        (
+            "own Lease, renew",
+            Req::new("UPDATE", lease, "edge-a", AGENT, on("edge-a")),
+            Allowed,
+        ),
+        (
+            "another node",
+            Req::new("UPDATE", node, "edge-b", AGENT, on("edge-a")),
+            Denied,
+        ),
+        (
+            "another node's status",
+            Req::new("UPDATE", status, "edge-b", AGENT, on("edge-a")),
+            Denied,
+        ),
+        (
+            "another node's Lease",
+            Req::new("UPDATE", lease, "edge-b", AGENT, on("edge-a")),
+            Denied,
+        ),
+        (
+            "delete another node",
+            Req::new("DELETE", node, "edge-b", AGENT, on("edge-a")),
+            Denied,
+        ),
+        // A token without the claim (a legacy Secret token, or a cluster before 1.30).
+        (
+            "no node-name claim",
+            Req::new("UPDATE", node, "edge-a", AGENT, vec![]),
+            Denied,
+        ),
+        (
+            "empty claim",
+            Req::new("UPDATE", node, "edge-a", AGENT, vec![(CLAIM, vec![])]),
+            Denied,
+        ),
+        // Not the agent: the policy does not apply (RBAC alone decides).
+        (
+            "failover controller",
+            Req::new(
+                "UPDATE",
+                node,
+                "edge-b",
+                "system:serviceaccount:edgeplex:edgeplex-failover",
+                vec![],
+            ),
+            NotMatched,
+        ),
+        (
+            "kubelet",
+            Req::new("UPDATE", status, "edge-b", "system:node:edge-b", vec![]),
+            NotMatched,
+        ),
+        (
+            "admin",
+            Req::new("DELETE", node, "edge-b", "kubernetes-admin", vec![]),
+            NotMatched,
+        ),
+        // Not a node or a Lease: out of the policy's rules.
+        (
+            "the agent's Events",
+            Req::new(
+                "CREATE",
+                ("", "v1", "events", ""),
+                "edge-b.1",
+                AGENT,
+                on("edge-a"),
+            ),
+            NotMatched,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, req, want) in &cases {
+        let got = admit(&spec, req);
+        if got != *want {
+            wrong.push(format!("{what}: expected {want:?}, got {got:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The policy does not apply to the request.
+    NotMatched,
+    Allowed,
+    Denied,
+}
+
+/// The parts of an admission request the policy can see.
+struct Req {
+    request: Value,
+}
+
+impl Req {
+    fn new(
+        operation: &str,
+        (group, version, resource, sub): (&str, &str, &str, &str),
+        name: &str,
+        username: &str,
+        extra: Vec<(&str, Vec<&str>)>,
+    ) -> Req {
+        let namespace = if resource == "leases" || resource == "events" {
+            "edgeplex"
+        } else {
+            ""
+        };
+        let extra: serde_json::Map<String, Value> = extra
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), serde_json::json!(v)))
+            .collect();
+        Req {
+            request: serde_json::json!({
+                "uid": "0c6f7b2e-0000-4000-8000-000000000000",
+                "kind": {"group": group, "version": version, "kind": ""},
+                "resource": {"group": group, "version": version, "resource": resource},
+                "subResource": sub,
+                "name": name,
+                "namespace": namespace,
+                "operation": operation,
+                "userInfo": {"username": username, "uid": "u", "groups": ["system:authenticated"], "extra": extra},
+                "dryRun": false,
+            }),
+        }
+    }
+}
+
+/// One CEL expression on `request`: `Ok(bool)`, or the evaluation error.
+fn eval(expression: &str, req: &Req) -> Result<bool, String> {
+    let program = cel::Program::compile(expression).map_err(|e| format!("compile: {e}"))?;
+    let mut ctx = cel::Context::default();
+    ctx.add_variable(
+        "request",
+        cel::to_value(&req.request).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    match program.execute(&ctx) {
+        Ok(cel::Value::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!("not a bool: {other:?}")),
+        Err(e) => Err(format!("{e:?}")),
+    }
+}
+
+/// Admission as kube-apiserver runs one ValidatingAdmissionPolicy bound with `Deny`: match the
+/// resource rules, then the match conditions (all true to apply), then the validations (all
+/// true to admit); an evaluation error counts as the failure policy says.
+fn admit(
+    spec: &k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicySpec,
+    req: &Req,
+) -> Verdict {
+    let r = &req.request;
+    let s = |p: &str| r.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    let resource = match s("/subResource") {
+        "" => s("/resource/resource").to_owned(),
+        sub => format!("{}/{sub}", s("/resource/resource")),
+    };
+    let any =
+        |list: &Option<Vec<String>>, v: &str| list.iter().flatten().any(|x| x == "*" || x == v);
+    let rules = spec
+        .match_constraints
+        .as_ref()
+        .and_then(|m| m.resource_rules.as_ref())
+        .expect("resource rules");
+    let matched = rules.iter().any(|rule| {
+        any(&rule.api_groups, s("/resource/group"))
+            && any(&rule.api_versions, s("/resource/version"))
+            && any(&rule.operations, s("/operation"))
+            && any(&rule.resources, &resource)
+    });
+    if !matched {
+        return Verdict::NotMatched;
+    }
+    let fail_closed = spec.failure_policy.as_deref().unwrap_or("Fail") == "Fail";
+    let on_error = |e: String| {
+        assert!(
+            !e.starts_with("compile:"),
+            "the policy does not compile: {e}"
+        );
+        if fail_closed {
+            Verdict::Denied
+        } else {
+            Verdict::Allowed
+        }
+    };
+    for c in spec.match_conditions.iter().flatten() {
+        match eval(&c.expression, req) {
+            Ok(true) => {}
+            Ok(false) => return Verdict::NotMatched,
+            Err(e) => return on_error(e),
+        }
+    }
+    for v in spec.validations.iter().flatten() {
+        match eval(&v.expression, req) {
+            Ok(true) => {}
+            Ok(false) => return Verdict::Denied,
+            Err(e) => return on_error(e),
+        }
+    }
+    Verdict::Allowed
+}

@@ -32,7 +32,7 @@ mod fields;
 mod http;
 mod resources;
 mod selector;
-mod store;
+pub mod store;
 mod validate;
 
 use std::path::{Path, PathBuf};

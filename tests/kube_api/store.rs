@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
-use super::fields::{self, FieldPath};
+use super::fields::{self, FieldPath, Seg};
 pub use super::resources::{by_id, find, ApiError, Resource, RESOURCES};
 pub use super::validate::now_seconds;
 use super::validate::{normalize_times, validate};
@@ -345,7 +345,14 @@ impl Store {
         if res.plural == "namespaces" {
             body["status"] = json!({"phase": "Active"});
         }
-        let fields = fields::leaves(&body).map_err(ApiError::bad_request)?;
+        // The creator owns what it set, except the section the main resource resets (a Node
+        // created with a status does not make its creator an owner of that status).
+        let reset = reset_section(res, None);
+        let fields = fields::leaves(&body)
+            .map_err(ApiError::bad_request)?
+            .into_iter()
+            .filter(|p| !matches!((p.first(), reset), (Some(Seg::Field(f)), Some(r)) if f == r))
+            .collect();
         let managers = vec![ManagerEntry {
             manager: manager.to_owned(),
             apply: false,
@@ -621,7 +628,13 @@ impl Store {
                 .filter(|m| !m.same_owner(manager, true, sub))
                 .any(|m| m.fields.iter().any(|q| q.starts_with(p)))
         };
-        for p in dropped.iter().filter(|p| !fields::is_marker(p)) {
+        // A list item's key field is its identity: it goes with the item, never on its own
+        // (removing it first would leave an anonymous `{}` item behind).
+        let item_key = |p: &FieldPath| matches!(p.as_slice(), [.., Seg::Key { key, .. }, Seg::Field(f)] if key == f);
+        for p in dropped
+            .iter()
+            .filter(|p| !fields::is_marker(p) && !item_key(p))
+        {
             if !others_own(p) {
                 fields::remove(&mut current, p);
             }

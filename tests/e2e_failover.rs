@@ -18,12 +18,9 @@
 mod common;
 mod kube_api;
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::agent::{tail, Agent, AgentConfig};
+use common::agent::{Agent, AgentConfig, Controller};
 use kube_api::{wait_for_async, Cluster, TestApiServer};
 use serde_json::{json, Value};
 
@@ -50,59 +47,6 @@ fn start_agent(server: &TestApiServer, node: &str) -> Agent {
     cfg.lease_duration_secs = AGENT_LEASE_SECS;
     cfg.hold_down_secs = HOLD_DOWN_SECS;
     Agent::start(server.kubeconfig_path(), &cfg)
-}
-
-/// The `edgeplex failover` controller process.
-struct Controller {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Controller {
-    fn start(server: &TestApiServer, dir: &Path) -> Controller {
-        let log = dir.join("failover.log");
-        let file = fs::File::create(&log).expect("controller log");
-        let child = Command::new(env!("CARGO_BIN_EXE_edgeplex"))
-            .args(["failover", "--identity", "e2e", "--lease-duration", "1"])
-            .args(["--renew-interval", "0.1", "--renew-deadline", "0.6"])
-            .args(["--poll-interval", "0.1", "--agent-lease-namespace", NS])
-            // Assumed only for a node whose Lease is missing (the agents declare theirs): how
-            // long the controller waits for a primary that has not shown up yet. Generous, so a
-            // slow start on a loaded machine is not taken for a dead primary.
-            .args(["--agent-lease-duration", &MISSING_LEASE_SECS.to_string()])
-            .args(["--untaint-after", "1", "--metrics-listen", ""])
-            .args(["--log", "info,edgeplex=debug"])
-            .arg("--kubeconfig")
-            .arg(server.kubeconfig_path())
-            .env_remove("EDGEPLEX_FAILOVER_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn edgeplex failover");
-        Controller { child, log }
-    }
-
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "the controller exited with {status}:\n{}",
-                tail(&fs::read_to_string(&self.log).unwrap_or_default(), 60)
-            );
-        }
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- controller log ---\n{}",
-                tail(&fs::read_to_string(&self.log).unwrap_or_default(), 60)
-            );
-        }
-    }
 }
 
 /// A Ready node of the group with its role, labelled by the admin.
@@ -190,7 +134,13 @@ async fn scenario() {
     //    once the backup's Lease has been renewing for a while. Nobody is active yet, so the
     //    controller waits for the primary (its Lease pending) instead of activating the backup
     //    that happened to show up first; then the primary becomes active.
-    let mut ctl = Controller::start(&server, ctl_dir.path());
+    let mut ctl = Controller::start(
+        server.kubeconfig_path(),
+        ctl_dir.path(),
+        NS,
+        AGENT_LEASE_SECS,
+        MISSING_LEASE_SECS,
+    );
     let mut b = start_agent(&server, "edge-b");
     wait_for_async("edge-b's heartbeat Lease", DEADLINE, || {
         c.lease(NS, "edge-b").map(|_| ())

@@ -9,6 +9,9 @@
 //! times, versions and the agents' own ring directories left out. A reader of `out`'s camera
 //! ring (the library `Reader`, in this process) counts frames and losses throughout.
 //!
+//! A second test takes the API server away from everyone at once (two agents and the failover
+//! controller) for three Lease durations, and checks nobody is taken for dead afterwards.
+//!
 //! Every wait is bounded by a generous deadline; no duration is asserted.
 
 mod common;
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::agent::{Agent, AgentConfig};
+use common::agent::{Agent, AgentConfig, Controller};
 use edgeplex::ring::{Reader, Recv, Start};
 use kube_api::{wait_for, Outage, TestApiServer};
 use serde_json::{json, Value};
@@ -287,13 +290,19 @@ fn capture_goes_on_through_api_outages_and_the_node_catches_up() {
     );
     // The first successful heartbeat after the outage shows the server is back: the node sync
     // is retried at once, not at the end of its backoff (which outlasts several heartbeats).
-    let after: Vec<_> = out_server.requests()[served_before_up..].to_vec();
     let lease_path = format!("/leases/{NODE}");
     let node_path = format!("/api/v1/nodes/{NODE}");
+    let lease_ok = |r: &kube_api::RequestRecord| {
+        r.path.ends_with(&lease_path) && r.method == "PUT" && r.status == 200
+    };
+    let after = wait_for("two heartbeats after the outage", DEADLINE, || {
+        let after: Vec<_> = out_server.requests()[served_before_up..].to_vec();
+        (after.iter().filter(|r| lease_ok(r)).count() >= 2).then_some(after)
+    });
     let lease_oks: Vec<usize> = after
         .iter()
         .enumerate()
-        .filter(|(_, r)| r.path.ends_with(&lease_path) && r.method == "PUT" && r.status == 200)
+        .filter(|(_, r)| lease_ok(r))
         .map(|(i, _)| i)
         .collect();
     let first_node = after.iter().position(|r| r.path.starts_with(&node_path));
@@ -369,5 +378,100 @@ fn capture_goes_on_through_api_outages_and_the_node_catches_up() {
         (caught_up - back).as_millis()
     );
     out.assert_running();
+    ctl.assert_running();
+}
+
+/// An outage of the API server is shared by everyone who talks to it: the agents cannot renew
+/// their Leases and the controller cannot read them. When it ends, no node may be taken for
+/// dead: no handover, no node-dead taint, no eviction of a healthy fleet. The server stays down
+/// for several Lease durations; the agents' Lease retries are capped at their heartbeat, so they
+/// renew as soon as it is back, and the controller restarts its clocks after its own gap.
+#[test]
+fn a_shared_api_outage_is_not_taken_for_dead_nodes() {
+    const LEASE: u32 = 2;
+    let server = TestApiServer::start();
+    for (name, role) in [("edge-a", "primary"), ("edge-b", "backup")] {
+        server.create_ready_node(name);
+        server.apply_as(
+            "admin",
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
+                   "labels": {"edgeplex.io/group": GROUP, "edgeplex.io/role": role}}}),
+        );
+    }
+    let agents: Vec<Agent> = ["edge-a", "edge-b"]
+        .into_iter()
+        .map(|n| {
+            let mut cfg = AgentConfig::new(n, GROUP);
+            cfg.lease_duration_secs = LEASE;
+            cfg.request_timeout_secs = 1.0;
+            Agent::start(server.kubeconfig_path(), &cfg)
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("controller dir");
+    let mut ctl = Controller::start(server.kubeconfig_path(), dir.path(), NS, LEASE, 20);
+    let active = |s: &TestApiServer| -> Vec<String> {
+        ["edge-a", "edge-b"]
+            .into_iter()
+            .filter(|n| s.label(n, "edgeplex.io/active").as_deref() == Some("true"))
+            .map(str::to_owned)
+            .collect()
+    };
+    wait_for("edge-a active", DEADLINE, || {
+        (active(&server) == ["edge-a"]).then_some(())
+    });
+    let frames = Follow::start(&agents[0]);
+    frames.wait_frames(0, 10, "before the outage");
+
+    server.set_server_outage(Outage::Down);
+    let down_at = frames.delivered();
+    // Three Lease durations without a renewal anyone could see, counted by the camera, which
+    // goes on capturing meanwhile.
+    frames.wait_frames(
+        down_at,
+        u64::from(FPS) * u64::from(LEASE) * 3,
+        "during three Lease durations of outage",
+    );
+    server.set_server_outage(Outage::Up);
+
+    // Both Leases renew again, and the controller goes on acting (it lists nodes).
+    for n in ["edge-a", "edge-b"] {
+        let before = server.lease(NS, n).expect("a Lease")["metadata"]["resourceVersion"].clone();
+        wait_for(
+            &format!("{n}'s Lease renewed after the outage"),
+            DEADLINE,
+            || {
+                let l = server.lease(NS, n)?;
+                (l["metadata"]["resourceVersion"] != before).then_some(())
+            },
+        );
+    }
+    let listed = server.count("GET", "/api/v1/nodes");
+    wait_for(
+        "the controller to look again, twice a Lease duration",
+        DEADLINE,
+        || (server.count("GET", "/api/v1/nodes") >= listed + 40).then_some(()),
+    );
+    assert_eq!(
+        active(&server),
+        ["edge-a"],
+        "active moved after a shared outage"
+    );
+    for n in ["edge-a", "edge-b"] {
+        let taints = server.taints(n);
+        assert!(
+            !taints.iter().any(|t| t["key"] == "edgeplex.io/failover"),
+            "{n} was tainted after a shared outage: {taints:?}"
+        );
+    }
+    let moved: Vec<Value> = server
+        .events()
+        .into_iter()
+        .filter(|e| e["reason"] == "FailedOver" || e["reason"] == "NoHealthyBackup")
+        .collect();
+    assert!(
+        moved.is_empty(),
+        "failover events after a shared outage: {moved:?}"
+    );
+    assert_eq!(frames.lost(), 0);
     ctl.assert_running();
 }

@@ -261,6 +261,78 @@ impl Drop for Agent {
     }
 }
 
+/// A fast `edgeplex failover` controller process (poll 0.1 s, leader Lease 1 s). Killed when
+/// dropped; its log is printed if the test is failing.
+pub struct Controller {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Controller {
+    /// Start a controller that reaches the API server through `kubeconfig`, logging into
+    /// `dir`. It reads agent Leases in `lease_namespace`; `missing_lease_secs` is the duration
+    /// it assumes for a node whose Lease is missing (the agents declare theirs): how long it
+    /// waits for a primary that has not shown up yet, at least the agents' `agent_lease_secs`.
+    /// A node the controller tainted dead is untainted after renewing for 1 s.
+    pub fn start(
+        kubeconfig: &Path,
+        dir: &Path,
+        lease_namespace: &str,
+        agent_lease_secs: u32,
+        missing_lease_secs: u32,
+    ) -> Controller {
+        assert!(missing_lease_secs >= agent_lease_secs);
+        let log = dir.join("failover.log");
+        let file = fs::File::create(&log).expect("controller log");
+        let child = Command::new(env!("CARGO_BIN_EXE_edgeplex"))
+            .args(["failover", "--identity", "e2e", "--lease-duration", "1"])
+            .args(["--renew-interval", "0.1", "--renew-deadline", "0.6"])
+            .args([
+                "--poll-interval",
+                "0.1",
+                "--agent-lease-namespace",
+                lease_namespace,
+            ])
+            .args(["--agent-lease-duration", &missing_lease_secs.to_string()])
+            .args(["--untaint-after", "1", "--metrics-listen", ""])
+            .args(["--log", "info,edgeplex=debug"])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .env_remove("EDGEPLEX_FAILOVER_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn edgeplex failover");
+        Controller { child, log }
+    }
+
+    /// Everything the controller logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The controller must still run.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "the controller exited with {status}:\n{}",
+                tail(&self.log(), 60)
+            );
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- controller log ---\n{}", tail(&self.log(), 60));
+        }
+    }
+}
+
 /// The last `n` lines of `s`.
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();

@@ -867,6 +867,23 @@ fn the_active_label_is_reported() {
         label(&env.node(name), keys::ACTIVE).as_deref(),
         Some("true")
     );
+    // The admin's role label is read and reported, one series at a time.
+    assert_eq!(
+        agent.metric("edgeplex_node_role_info", &[("role", "")]),
+        1.0
+    );
+    env.0.apply_as(
+        "admin",
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {keys::ROLE: "backup"}}}),
+    );
+    wait_for("role gauge", WAIT, || {
+        (agent.metric("edgeplex_node_role_info", &[("role", "backup")]) == 1.0).then_some(())
+    });
+    assert_eq!(
+        agent.metric("edgeplex_node_role_info", &[("role", "")]),
+        0.0,
+        "the old role's series is gone"
+    );
 }
 
 #[test]

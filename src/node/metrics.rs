@@ -1,6 +1,6 @@
 //! The node publisher's metrics, registered into the registry it is handed.
 
-use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// `edgeplex_kube_*` and `edgeplex_node_*` metrics. Cheap to clone (shared counters).
 #[derive(Debug, Clone)]
@@ -9,6 +9,7 @@ pub struct NodeMetrics {
     last_sync: Gauge,
     tainted: IntGauge,
     active: IntGauge,
+    role: IntGaugeVec,
 }
 
 /// Every `verb` label value.
@@ -36,7 +37,15 @@ impl NodeMetrics {
             "edgeplex_node_active",
             "1 while this node carries edgeplex.io/active=true (set by the failover controller).",
         )?;
+        let role = IntGaugeVec::new(
+            Opts::new(
+                "edgeplex_node_role_info",
+                "1 for this node's edgeplex.io/role (set by the admin: primary, backup; empty when unset).",
+            ),
+            &["role"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(role.clone()))?;
         registry.register(Box::new(last_sync.clone()))?;
         registry.register(Box::new(tainted.clone()))?;
         registry.register(Box::new(active.clone()))?;
@@ -49,6 +58,7 @@ impl NodeMetrics {
             last_sync,
             tainted,
             active,
+            role,
         })
     }
 
@@ -75,5 +85,15 @@ impl NodeMetrics {
     /// Whether the node is active in its group.
     pub fn set_active(&self, active: bool) {
         self.active.set(i64::from(active));
+    }
+
+    /// The node's `edgeplex.io/role` label (`None`: unset). Only the current value has a series.
+    pub fn set_role(&self, role: Option<&str>) {
+        let role = role.unwrap_or_default();
+        if self.role.with_label_values(&[role]).get() == 1 {
+            return;
+        }
+        self.role.reset();
+        self.role.with_label_values(&[role]).set(1);
     }
 }

@@ -955,6 +955,11 @@ mod real {
                 eprintln!("skipping: set EDGEPLEX_TEST_KUBECONFIG to a cluster-admin kubeconfig");
                 return None;
             };
+            Some(Real::connect(PathBuf::from(path)))
+        }
+
+        /// Connect through the kubeconfig at `path` and create this run's namespace.
+        pub fn connect(path: PathBuf) -> Real {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -973,12 +978,12 @@ mod real {
                 serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
             let api: Api<Namespace> = Api::all(client.clone());
             let _ = rt.block_on(api.create(&PostParams::default(), &obj));
-            Some(Real {
+            Real {
                 rt,
                 client,
-                kubeconfig: PathBuf::from(path),
+                kubeconfig: path,
                 ns,
-            })
+            }
         }
 
         fn nodes(&self) -> Api<DynamicObject> {
@@ -1100,6 +1105,27 @@ mod real {
             json!({"key": "example.com/controller-owned", "effect": "NoExecute"})
         }
     }
+}
+
+/// The real-cluster path itself (node creation, namespaces, kubelet stand-in, cleanup through
+/// `kube::Client`) runs in every test run, against the test API server, so the `#[ignore]`d
+/// tests below are known to work up to the cluster they are pointed at.
+#[test]
+fn the_real_cluster_scenarios_run_against_the_test_server() {
+    let server = TestApiServer::start();
+    {
+        let env = real::Real::connect(server.kubeconfig_path().to_path_buf());
+        scenario_labels(&env, &env.name("labels"));
+        scenario_conditions(&env, &env.name("conditions"));
+        scenario_taint(&env, &env.name("taint"), || {});
+        scenario_lease(&env, &env.name("lease"));
+    }
+    // Cleanup: the run's namespace is gone (nodes are removed by the scenarios).
+    let ns = format!("edgeplex-test-{}", std::process::id());
+    assert!(
+        server.object("namespaces", "", &ns).is_none(),
+        "the test namespace {ns} was left behind"
+    );
 }
 
 #[test]

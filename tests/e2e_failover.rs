@@ -21,12 +21,11 @@ mod kube_api;
 use std::time::{Duration, Instant};
 
 use common::agent::{Agent, AgentConfig, Controller};
-use kube_api::{wait_for_async, Cluster, TestApiServer};
-use serde_json::{json, Value};
+use kube_api::{wait_active, wait_for_async, wait_rounds, Cluster, TestApiServer};
+use serde_json::Value;
 
 const GROUP: &str = "line-1";
 const NS: &str = "edgeplex";
-const ACTIVE: &str = "edgeplex.io/active";
 const TAINT: &str = "edgeplex.io/failover";
 const NODES: [&str; 2] = ["edge-a", "edge-b"];
 /// The agents' Lease duration (declared in their Leases).
@@ -49,24 +48,6 @@ fn start_agent(server: &TestApiServer, node: &str) -> Agent {
     Agent::start(server.kubeconfig_path(), &cfg)
 }
 
-/// A Ready node of the group with its role, labelled by the admin.
-fn add_node(cluster: &Cluster, name: &str, role: &str) {
-    cluster.create_ready_node(name);
-    cluster.apply_as(
-        "admin",
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
-               "labels": {"edgeplex.io/group": GROUP, "edgeplex.io/role": role}}}),
-    );
-}
-
-fn actives(cluster: &Cluster) -> Vec<String> {
-    NODES
-        .iter()
-        .filter(|n| cluster.label(n, ACTIVE).as_deref() == Some("true"))
-        .map(|n| n.to_string())
-        .collect()
-}
-
 /// The value of the `edgeplex.io/failover` taint on `node`, if any.
 fn failover_taint(cluster: &Cluster, node: &str) -> Option<String> {
     cluster
@@ -80,35 +61,6 @@ fn condition_status(cluster: &Cluster, node: &str, type_: &str) -> Option<String
     cluster
         .condition(node, type_)
         .and_then(|c| c["status"].as_str().map(str::to_owned))
-}
-
-fn events_with_reason(cluster: &Cluster, reason: &str) -> Vec<Value> {
-    cluster
-        .events()
-        .into_iter()
-        .filter(|e| e["reason"] == reason)
-        .collect()
-}
-
-/// Wait until `node` is the only active node; returns when it was seen.
-async fn wait_active(cluster: &Cluster, node: &str) -> Instant {
-    wait_for_async(
-        &format!("{node} to be the only active node"),
-        DEADLINE,
-        || (actives(cluster) == [node]).then(Instant::now),
-    )
-    .await
-}
-
-/// Wait until the controller has listed nodes `rounds` more times.
-async fn wait_rounds(cluster: &Cluster, rounds: usize) {
-    let start = cluster.count("GET", "/api/v1/nodes");
-    wait_for_async(
-        &format!("{rounds} more controller rounds"),
-        DEADLINE,
-        || (cluster.count("GET", "/api/v1/nodes") >= start + rounds).then_some(()),
-    )
-    .await
 }
 
 fn ms(d: Duration) -> u128 {
@@ -126,8 +78,8 @@ async fn scenario() {
     let server = TestApiServer::start();
     let c = server.cluster();
     c.create_namespace(NS);
-    add_node(&c, "edge-a", "primary");
-    add_node(&c, "edge-b", "backup");
+    c.create_group_node("edge-a", GROUP, "primary");
+    c.create_group_node("edge-b", GROUP, "backup");
     let ctl_dir = tempfile::tempdir().expect("controller dir");
 
     // 1. The controller starts first, then the backup's agent, and the primary's agent only
@@ -148,9 +100,9 @@ async fn scenario() {
     .await;
     // A second of rounds (the poll interval is 0.1 s): edge-b's Lease renews twice meanwhile
     // (heartbeat 0.5 s), so the controller sees the backup healthy and the primary pending.
-    wait_rounds(&c, 10).await;
+    wait_rounds(&c, 10, DEADLINE).await;
     assert_eq!(
-        actives(&c),
+        c.active_nodes(&NODES),
         Vec::<String>::new(),
         "the controller must wait for the pending primary, not activate the backup"
     );
@@ -169,8 +121,8 @@ async fn scenario() {
         .await;
         assert_eq!(failover_taint(&c, node), None);
     }
-    wait_active(&c, "edge-a").await;
-    let activated: Vec<Value> = events_with_reason(&c, "Activated");
+    wait_active(&c, &NODES, "edge-a", DEADLINE).await;
+    let activated: Vec<Value> = c.events_with_reason("Activated");
     assert!(
         activated
             .iter()
@@ -184,7 +136,7 @@ async fn scenario() {
     // 2. The primary's battery drains to critical.
     a.power.battery("Discharging", 5, 2_500_000);
     let drained = Instant::now();
-    let moved = wait_active(&c, "edge-b").await;
+    let moved = wait_active(&c, &NODES, "edge-b", DEADLINE).await;
     wait_for_async(
         "edge-a's BatteryCritical condition and taint",
         DEADLINE,
@@ -213,7 +165,7 @@ async fn scenario() {
         "a NoHealthyBackup event for the dead edge-b",
         DEADLINE,
         || {
-            events_with_reason(&c, "NoHealthyBackup")
+            c.events_with_reason("NoHealthyBackup")
                 .iter()
                 .any(|e| e["involvedObject"]["name"] == "edge-b")
                 .then(Instant::now)
@@ -230,10 +182,14 @@ async fn scenario() {
     );
     // Rounds pass: the critical edge-a is never activated, the dead edge-b stays active and is
     // not tainted by a handover that did not happen.
-    wait_rounds(&c, 20).await;
-    assert_eq!(actives(&c), ["edge-b"], "no unhealthy node is activated");
+    wait_rounds(&c, 20, DEADLINE).await;
+    assert_eq!(
+        c.active_nodes(&NODES),
+        ["edge-b"],
+        "no unhealthy node is activated"
+    );
     assert_eq!(failover_taint(&c, "edge-b"), None);
-    let w = events_with_reason(&c, "NoHealthyBackup");
+    let w = c.events_with_reason("NoHealthyBackup");
     assert_eq!(w.len(), 1, "one NoHealthyBackup event: {w:?}");
     assert_eq!(w[0]["type"], "Warning");
     ctl.assert_running();
@@ -254,12 +210,13 @@ async fn scenario() {
         cleared - restored >= Duration::from_secs_f64(HOLD_DOWN_SECS * 0.9),
         "the taint was cleared before the hold-down"
     );
-    let back = wait_active(&c, "edge-a").await;
+    let back = wait_active(&c, &NODES, "edge-a", DEADLINE).await;
     let tainted = wait_for_async("edge-b's node-dead taint", DEADLINE, || {
         (failover_taint(&c, "edge-b").as_deref() == Some("node-dead")).then(Instant::now)
     })
     .await;
-    assert!(events_with_reason(&c, "FailedOver")
+    assert!(c
+        .events_with_reason("FailedOver")
         .iter()
         .any(|e| e["involvedObject"]["name"] == "edge-b"));
     eprintln!(
@@ -271,8 +228,8 @@ async fn scenario() {
         "e2e: killed agent -> node-dead taint on edge-b (waited for a healthy target): {} ms",
         ms(tainted - killed)
     );
-    wait_rounds(&c, 10).await;
-    assert_eq!(actives(&c), ["edge-a"]);
+    wait_rounds(&c, 10, DEADLINE).await;
+    assert_eq!(c.active_nodes(&NODES), ["edge-a"]);
     a.assert_running();
     ctl.assert_running();
 }

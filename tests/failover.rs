@@ -17,13 +17,12 @@ use edgeplex::failover::{Controller, FailoverMetrics, FailoverSettings};
 use edgeplex::kube::{KubeMode, KubeSettings};
 use edgeplex::shutdown::Shutdown;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube_api::{wait_for_async, Cluster, TestApiServer};
+use kube_api::{wait_active, wait_for_async, wait_rounds, Cluster, TestApiServer};
 use prometheus::Registry;
 use serde_json::{json, Value};
 
 const NS: &str = "edgeplex";
 const LEASES: &str = "leases.coordination.k8s.io";
-const ACTIVE: &str = "edgeplex.io/active";
 const TAINT: &str = "edgeplex.io/failover";
 /// The agents' Lease duration in these tests.
 const AGENT_LEASE_SECS: i64 = 2;
@@ -164,16 +163,6 @@ impl Drop for Heartbeat {
     }
 }
 
-/// A Ready node in `group` with `role`, labelled by the admin.
-fn add_node(cluster: &Cluster, name: &str, group: &str, role: &str) {
-    cluster.create_ready_node(name);
-    cluster.apply_as(
-        "admin",
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
-               "labels": {"edgeplex.io/group": group, "edgeplex.io/role": role}}}),
-    );
-}
-
 /// The agent sets (or clears) a condition on its node.
 fn set_condition(cluster: &Cluster, node: &str, type_: &str, on: bool) {
     cluster.apply_status_as(
@@ -185,45 +174,6 @@ fn set_condition(cluster: &Cluster, node: &str, type_: &str, on: bool) {
                  "lastHeartbeatTime": null,
                  "lastTransitionTime": "2025-01-01T00:00:00Z"}]}}),
     );
-}
-
-fn is_active(cluster: &Cluster, node: &str) -> bool {
-    cluster.label(node, ACTIVE).as_deref() == Some("true")
-}
-
-fn actives(cluster: &Cluster, nodes: &[&str]) -> Vec<String> {
-    nodes
-        .iter()
-        .filter(|n| is_active(cluster, n))
-        .map(|n| n.to_string())
-        .collect()
-}
-
-fn events_with_reason(cluster: &Cluster, reason: &str) -> Vec<Value> {
-    cluster
-        .events()
-        .into_iter()
-        .filter(|e| e["reason"] == reason)
-        .collect()
-}
-
-/// Wait until `node` is the only active node among `nodes`; returns when it was seen.
-async fn wait_active(cluster: &Cluster, nodes: &[&str], node: &str) -> Instant {
-    wait_for_async(
-        &format!("{node} to be the only active node"),
-        DEADLINE,
-        || (actives(cluster, nodes) == [node]).then(Instant::now),
-    )
-    .await
-}
-
-/// Wait until the controllers have listed nodes `rounds` more times (rounds have passed).
-async fn wait_rounds(cluster: &Cluster, rounds: usize) {
-    let start = cluster.count("GET", "/api/v1/nodes");
-    wait_for_async(&format!("{rounds} more rounds"), DEADLINE, || {
-        (cluster.count("GET", "/api/v1/nodes") >= start + rounds).then_some(())
-    })
-    .await
 }
 
 fn leader_holder(cluster: &Cluster) -> Option<String> {
@@ -243,14 +193,14 @@ async fn leader_election_one_acts_and_the_standby_takes_over() {
     let server = TestApiServer::start();
     let c = server.cluster();
     let nodes = ["p", "b"];
-    add_node(&c, "p", "g", "primary");
-    add_node(&c, "b", "g", "backup");
+    c.create_group_node("p", "g", "primary");
+    c.create_group_node("b", "g", "backup");
     let _hp = Heartbeat::start(&c, "p");
     let _hb = Heartbeat::start(&c, "b");
 
     let a = Running::start(&server, "ctl-a").await;
     let b = Running::start(&server, "ctl-b").await;
-    wait_active(&c, &nodes, "p").await;
+    wait_active(&c, &nodes, "p", DEADLINE).await;
     let holder = wait_for_async("a leader", DEADLINE, || leader_holder(&c)).await;
     let (leader, standby) = if holder == a.identity { (a, b) } else { (b, a) };
     wait_for_async("the leader metric", DEADLINE, || {
@@ -259,7 +209,7 @@ async fn leader_election_one_acts_and_the_standby_takes_over() {
     .await;
     // Only one acts: the standby reports no leadership and no active node, and every event
     // comes from the leader.
-    wait_rounds(&c, 10).await;
+    wait_rounds(&c, 10, DEADLINE).await;
     assert_eq!(leader_holder(&c).as_deref(), Some(leader.identity.as_str()));
     assert_eq!(standby.metric("edgeplex_failover_leader"), 0.0);
     assert_eq!(
@@ -270,7 +220,7 @@ async fn leader_election_one_acts_and_the_standby_takes_over() {
         leader.metric("edgeplex_failover_active_node{group=\"g\",node=\"p\"}"),
         1.0
     );
-    let activated = events_with_reason(&c, "Activated");
+    let activated = c.events_with_reason("Activated");
     assert_eq!(activated.len(), 1, "{activated:#?}");
     assert_eq!(activated[0]["reportingInstance"], leader.identity.as_str());
     assert_eq!(activated[0]["involvedObject"]["name"], "p");
@@ -292,9 +242,9 @@ async fn leader_election_one_acts_and_the_standby_takes_over() {
     assert_ne!(standby.identity, old);
     // The new leader acts: the primary goes critical and it hands over.
     set_condition(&c, "p", "BatteryCritical", true);
-    wait_active(&c, &nodes, "b").await;
+    wait_active(&c, &nodes, "b", DEADLINE).await;
     let failed_over = wait_for_async("a FailedOver event", DEADLINE, || {
-        let e = events_with_reason(&c, "FailedOver");
+        let e = c.events_with_reason("FailedOver");
         (!e.is_empty()).then_some(e)
     })
     .await;
@@ -319,7 +269,7 @@ async fn leader_election_one_acts_and_the_standby_takes_over() {
 async fn a_crashed_leader_is_replaced_after_the_lease_duration() {
     let server = TestApiServer::start();
     let c = server.cluster();
-    add_node(&c, "p", "g", "primary");
+    c.create_group_node("p", "g", "primary");
     let _hp = Heartbeat::start(&c, "p");
     let a = Running::start(&server, "ctl-a").await;
     wait_for_async("ctl-a to lead", DEADLINE, || {
@@ -327,7 +277,7 @@ async fn a_crashed_leader_is_replaced_after_the_lease_duration() {
     })
     .await;
     let b = Running::start(&server, "ctl-b").await;
-    wait_rounds(&c, 5).await;
+    wait_rounds(&c, 5, DEADLINE).await;
     assert_eq!(leader_holder(&c).as_deref(), Some("ctl-a"));
     assert_eq!(b.metric("edgeplex_failover_leader"), 0.0);
     // Crash: no release. ctl-b must wait out the Lease duration, then take over.
@@ -353,9 +303,9 @@ async fn critical_primary_hands_over_to_the_healthy_backup_and_keeps_it() {
     let server = TestApiServer::start();
     let c = server.cluster();
     let nodes = ["p", "b1", "b2"];
-    add_node(&c, "p", "g", "primary");
-    add_node(&c, "b1", "g", "backup");
-    add_node(&c, "b2", "g", "backup");
+    c.create_group_node("p", "g", "primary");
+    c.create_group_node("b1", "g", "backup");
+    c.create_group_node("b2", "g", "backup");
     // b1 is tainted by its own agent: not a healthy backup, so b2 must be picked.
     c.add_taint_as(
         "edgeplex",
@@ -364,12 +314,12 @@ async fn critical_primary_hands_over_to_the_healthy_backup_and_keeps_it() {
     );
     let _hs: Vec<Heartbeat> = nodes.iter().map(|n| Heartbeat::start(&c, n)).collect();
     let ctl = Running::start(&server, "ctl").await;
-    wait_active(&c, &nodes, "p").await;
-    wait_rounds(&c, 5).await;
+    wait_active(&c, &nodes, "p", DEADLINE).await;
+    wait_rounds(&c, 5, DEADLINE).await;
 
     set_condition(&c, "p", "BatteryCritical", true);
     let declared = Instant::now();
-    let seen = wait_active(&c, &nodes, "b2").await;
+    let seen = wait_active(&c, &nodes, "b2", DEADLINE).await;
     eprintln!(
         "handover after BatteryCritical=True: {} ms (poll 100 ms)",
         ms(seen - declared)
@@ -393,15 +343,15 @@ async fn critical_primary_hands_over_to_the_healthy_backup_and_keeps_it() {
 
     // The primary recovers: it does not take `active` back (no flapping).
     set_condition(&c, "p", "BatteryCritical", false);
-    wait_rounds(&c, 20).await;
-    assert_eq!(actives(&c, &nodes), ["b2"]);
+    wait_rounds(&c, 20, DEADLINE).await;
+    assert_eq!(c.active_nodes(&nodes), ["b2"]);
     assert_eq!(
         ctl.metric("edgeplex_failover_handovers_total{group=\"g\",reason=\"battery_critical\"}"),
         1.0
     );
     // Only when the active backup fails does it move again, to the (healthy) primary.
     set_condition(&c, "b2", "DeviceFailure", true);
-    wait_active(&c, &nodes, "p").await;
+    wait_active(&c, &nodes, "p", DEADLINE).await;
     wait_for_async("the second handover count", DEADLINE, || {
         (ctl.metric("edgeplex_failover_handovers_total{group=\"g\",reason=\"device_failure\"}")
             == 1.0)
@@ -416,8 +366,8 @@ async fn dead_primary_is_replaced_and_tainted_keeping_other_taints() {
     let server = TestApiServer::start();
     let c = server.cluster();
     let nodes = ["p", "b"];
-    add_node(&c, "p", "g", "primary");
-    add_node(&c, "b", "g", "backup");
+    c.create_group_node("p", "g", "primary");
+    c.create_group_node("b", "g", "backup");
     // Taints the controller must keep: an admin's and the node lifecycle controller's.
     c.add_taint_as(
         "admin",
@@ -427,8 +377,8 @@ async fn dead_primary_is_replaced_and_tainted_keeping_other_taints() {
     let hp = Heartbeat::start(&c, "p");
     let _hb = Heartbeat::start(&c, "b");
     let ctl = Running::start(&server, "ctl").await;
-    wait_active(&c, &nodes, "p").await;
-    wait_rounds(&c, 5).await;
+    wait_active(&c, &nodes, "p", DEADLINE).await;
+    wait_rounds(&c, 5, DEADLINE).await;
 
     // A concurrent writer: right before the controller's second PATCH of p (the first clears
     // `active`, the second is the taint), the node controller adds its own taint. The
@@ -443,7 +393,7 @@ async fn dead_primary_is_replaced_and_tainted_keeping_other_taints() {
         });
     });
     let last_heartbeat = hp.stop();
-    let seen = wait_active(&c, &nodes, "b").await;
+    let seen = wait_active(&c, &nodes, "b", DEADLINE).await;
     eprintln!(
         "handover after the primary's last heartbeat: {} ms (agent Lease {} s, poll 100 ms)",
         ms(seen - last_heartbeat),
@@ -488,13 +438,13 @@ async fn dead_primary_is_replaced_and_tainted_keeping_other_taints() {
             .then_some(())
     })
     .await;
-    let failed_over = events_with_reason(&c, "FailedOver");
+    let failed_over = c.events_with_reason("FailedOver");
     assert_eq!(failed_over.len(), 1, "{failed_over:#?}");
     assert_eq!(failed_over[0]["type"], "Warning");
     assert_eq!(failed_over[0]["involvedObject"]["name"], "p");
     // The dead node is not active and keeps its taint; nothing else moves.
-    wait_rounds(&c, 5).await;
-    assert_eq!(actives(&c, &nodes), ["b"]);
+    wait_rounds(&c, 5, DEADLINE).await;
+    assert_eq!(c.active_nodes(&nodes), ["b"]);
     assert_eq!(c.taints("p").len(), 3);
 
     // The node comes back: after renewing for `untaint_after` (1 s here) the controller removes
@@ -507,12 +457,12 @@ async fn dead_primary_is_replaced_and_tainted_keeping_other_taints() {
     .await;
     assert_eq!(taints.len(), 2, "{taints:#?}");
     wait_for_async("a Recovered event", DEADLINE, || {
-        (events_with_reason(&c, "Recovered").len() == 1).then_some(())
+        (c.events_with_reason("Recovered").len() == 1).then_some(())
     })
     .await;
-    wait_rounds(&c, 10).await;
-    assert_eq!(actives(&c, &nodes), ["b"]);
-    assert_eq!(events_with_reason(&c, "Recovered").len(), 1);
+    wait_rounds(&c, 10, DEADLINE).await;
+    assert_eq!(c.active_nodes(&nodes), ["b"]);
+    assert_eq!(c.events_with_reason("Recovered").len(), 1);
     wait_for_async(
         "the group to count a healthy backup again",
         DEADLINE,
@@ -527,8 +477,8 @@ async fn no_healthy_backup_means_no_move_an_event_and_the_metric() {
     let server = TestApiServer::start();
     let c = server.cluster();
     let nodes = ["p", "b"];
-    add_node(&c, "p", "g", "primary");
-    add_node(&c, "b", "g", "backup");
+    c.create_group_node("p", "g", "primary");
+    c.create_group_node("b", "g", "backup");
     // The backup's kubelet reports NotReady.
     c.apply_status_as(
         "kubelet",
@@ -540,7 +490,7 @@ async fn no_healthy_backup_means_no_move_an_event_and_the_metric() {
     let _hp = Heartbeat::start(&c, "p");
     let _hb = Heartbeat::start(&c, "b");
     let ctl = Running::start(&server, "ctl").await;
-    wait_active(&c, &nodes, "p").await;
+    wait_active(&c, &nodes, "p", DEADLINE).await;
     wait_for_async("the metric to count the group", DEADLINE, || {
         (ctl.metric("edgeplex_failover_groups_without_healthy_backup") == 1.0).then_some(())
     })
@@ -548,7 +498,7 @@ async fn no_healthy_backup_means_no_move_an_event_and_the_metric() {
 
     set_condition(&c, "p", "BatteryCritical", true);
     let events = wait_for_async("a NoHealthyBackup event", DEADLINE, || {
-        let e = events_with_reason(&c, "NoHealthyBackup");
+        let e = c.events_with_reason("NoHealthyBackup");
         (!e.is_empty()).then_some(e)
     })
     .await;
@@ -557,9 +507,9 @@ async fn no_healthy_backup_means_no_move_an_event_and_the_metric() {
     assert_eq!(events[0]["involvedObject"]["name"], "p");
     assert_eq!(events[0]["metadata"]["namespace"], NS);
     // Rounds pass: no move, no second event, the metric still says so.
-    wait_rounds(&c, 20).await;
-    assert_eq!(actives(&c, &nodes), ["p"]);
-    assert_eq!(events_with_reason(&c, "NoHealthyBackup").len(), 1);
+    wait_rounds(&c, 20, DEADLINE).await;
+    assert_eq!(c.active_nodes(&nodes), ["p"]);
+    assert_eq!(c.events_with_reason("NoHealthyBackup").len(), 1);
     assert_eq!(
         ctl.metric("edgeplex_failover_groups_without_healthy_backup"),
         1.0
@@ -577,7 +527,7 @@ async fn no_healthy_backup_means_no_move_an_event_and_the_metric() {
                  "reason": "KubeletReady", "message": "ok",
                  "lastHeartbeatTime": null, "lastTransitionTime": "2025-01-01T00:00:01Z"}]}}),
     );
-    wait_active(&c, &nodes, "b").await;
+    wait_active(&c, &nodes, "b", DEADLINE).await;
     wait_for_async("the handover count", DEADLINE, || {
         (ctl.metric("edgeplex_failover_handovers_total{group=\"g\",reason=\"battery_critical\"}")
             == 1.0)
@@ -592,15 +542,15 @@ async fn an_api_outage_does_not_declare_nodes_dead() {
     let server = TestApiServer::start();
     let c = server.cluster();
     let nodes = ["p", "b"];
-    add_node(&c, "p", "g", "primary");
-    add_node(&c, "b", "g", "backup");
+    c.create_group_node("p", "g", "primary");
+    c.create_group_node("b", "g", "backup");
     // The agents renew in-process (they bypass the HTTP outage), but the primary's renewals
     // stop for the outage, as a real agent's would.
     let hp = Heartbeat::start(&c, "p");
     let _hb = Heartbeat::start(&c, "b");
     let ctl = Running::start(&server, "ctl").await;
-    wait_active(&c, &nodes, "p").await;
-    wait_rounds(&c, 5).await;
+    wait_active(&c, &nodes, "p", DEADLINE).await;
+    wait_rounds(&c, 5, DEADLINE).await;
     hp.stop();
     c.set_outage(Some(503));
     tokio::time::sleep(Duration::from_secs(AGENT_LEASE_SECS as u64 + 1)).await;
@@ -608,8 +558,8 @@ async fn an_api_outage_does_not_declare_nodes_dead() {
     // The primary's agent comes back within a second of the API server.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _hp = Heartbeat::start(&c, "p");
-    wait_rounds(&c, 20).await;
-    assert_eq!(actives(&c, &nodes), ["p"], "an outage is not a death");
+    wait_rounds(&c, 20, DEADLINE).await;
+    assert_eq!(c.active_nodes(&nodes), ["p"], "an outage is not a death");
     assert!(c.taints("p").is_empty());
     ctl.stop().await;
 }
@@ -631,7 +581,7 @@ impl Drop for KillOnDrop {
 async fn the_binary_leads_serves_metrics_and_releases_on_sigterm() {
     let server = TestApiServer::start();
     let c = server.cluster();
-    add_node(&c, "p", "g", "primary");
+    c.create_group_node("p", "g", "primary");
     let _hp = Heartbeat::start(&c, "p");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -650,7 +600,7 @@ async fn the_binary_leads_serves_metrics_and_releases_on_sigterm() {
             .spawn()
             .expect("spawn edgeplex failover"),
     );
-    wait_active(&c, &["p"], "p").await;
+    wait_active(&c, &["p"], "p", DEADLINE).await;
     assert_eq!(leader_holder(&c).as_deref(), Some("bin"));
     let scrape = || {
         use std::io::{Read, Write};

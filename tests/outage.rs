@@ -390,14 +390,8 @@ fn capture_goes_on_through_api_outages_and_the_node_catches_up() {
 fn a_shared_api_outage_is_not_taken_for_dead_nodes() {
     const LEASE: u32 = 2;
     let server = TestApiServer::start();
-    for (name, role) in [("edge-a", "primary"), ("edge-b", "backup")] {
-        server.create_ready_node(name);
-        server.apply_as(
-            "admin",
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
-                   "labels": {"edgeplex.io/group": GROUP, "edgeplex.io/role": role}}}),
-        );
-    }
+    server.create_group_node("edge-a", GROUP, "primary");
+    server.create_group_node("edge-b", GROUP, "backup");
     let agents: Vec<Agent> = ["edge-a", "edge-b"]
         .into_iter()
         .map(|n| {
@@ -409,15 +403,9 @@ fn a_shared_api_outage_is_not_taken_for_dead_nodes() {
         .collect();
     let dir = tempfile::tempdir().expect("controller dir");
     let mut ctl = Controller::start(server.kubeconfig_path(), dir.path(), NS, LEASE, 20);
-    let active = |s: &TestApiServer| -> Vec<String> {
-        ["edge-a", "edge-b"]
-            .into_iter()
-            .filter(|n| s.label(n, "edgeplex.io/active").as_deref() == Some("true"))
-            .map(str::to_owned)
-            .collect()
-    };
+    let nodes = ["edge-a", "edge-b"];
     wait_for("edge-a active", DEADLINE, || {
-        (active(&server) == ["edge-a"]).then_some(())
+        (server.active_nodes(&nodes) == ["edge-a"]).then_some(())
     });
     let frames = Follow::start(&agents[0]);
     frames.wait_frames(0, 10, "before the outage");
@@ -434,7 +422,7 @@ fn a_shared_api_outage_is_not_taken_for_dead_nodes() {
     server.set_server_outage(Outage::Up);
 
     // Both Leases renew again, and the controller goes on acting (it lists nodes).
-    for n in ["edge-a", "edge-b"] {
+    for n in nodes {
         let before = server.lease(NS, n).expect("a Lease")["metadata"]["resourceVersion"].clone();
         wait_for(
             &format!("{n}'s Lease renewed after the outage"),
@@ -452,22 +440,19 @@ fn a_shared_api_outage_is_not_taken_for_dead_nodes() {
         || (server.count("GET", "/api/v1/nodes") >= listed + 40).then_some(()),
     );
     assert_eq!(
-        active(&server),
+        server.active_nodes(&nodes),
         ["edge-a"],
         "active moved after a shared outage"
     );
-    for n in ["edge-a", "edge-b"] {
+    for n in nodes {
         let taints = server.taints(n);
         assert!(
             !taints.iter().any(|t| t["key"] == "edgeplex.io/failover"),
             "{n} was tainted after a shared outage: {taints:?}"
         );
     }
-    let moved: Vec<Value> = server
-        .events()
-        .into_iter()
-        .filter(|e| e["reason"] == "FailedOver" || e["reason"] == "NoHealthyBackup")
-        .collect();
+    let mut moved = server.events_with_reason("FailedOver");
+    moved.extend(server.events_with_reason("NoHealthyBackup"));
     assert!(
         moved.is_empty(),
         "failover events after a shared outage: {moved:?}"

@@ -497,6 +497,34 @@ impl Cluster {
         v
     }
 
+    /// Events with `reason` (`FailedOver`, `NoHealthyBackup`...).
+    pub fn events_with_reason(&self, reason: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["reason"] == reason)
+            .collect()
+    }
+
+    /// A Ready node (see [`Cluster::create_ready_node`]) that the admin put in `group` with
+    /// `role` (`edgeplex.io/group`, `edgeplex.io/role`).
+    pub fn create_group_node(&self, name: &str, group: &str, role: &str) {
+        self.create_ready_node(name);
+        self.apply_as(
+            "admin",
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
+                   "labels": {"edgeplex.io/group": group, "edgeplex.io/role": role}}}),
+        );
+    }
+
+    /// Those of `nodes` labelled `edgeplex.io/active=true`.
+    pub fn active_nodes(&self, nodes: &[&str]) -> Vec<String> {
+        nodes
+            .iter()
+            .filter(|n| self.label(n, "edgeplex.io/active").as_deref() == Some("true"))
+            .map(|n| n.to_string())
+            .collect()
+    }
+
     /// Answer the next `n` requests (any) with HTTP `code` (500, 503, 429...).
     pub fn set_fail(&self, n: u32, code: u16) {
         if n > 0 {
@@ -615,18 +643,9 @@ pub fn try_wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> O
 
 /// Poll `f` every 10 ms until it returns `Some`, or panic after `timeout` naming `what`.
 /// A watchdog against hangs, never a timing assertion.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    try_wait_for(timeout, f)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
 /// [`wait_for`] for async tests: yields to the runtime between polls.
@@ -646,4 +665,29 @@ pub async fn wait_for_async<T>(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Wait until `node` is the only active node among `nodes`; returns when it was seen.
+pub async fn wait_active(
+    cluster: &Cluster,
+    nodes: &[&str],
+    node: &str,
+    timeout: Duration,
+) -> Instant {
+    wait_for_async(
+        &format!("{node} to be the only active node"),
+        timeout,
+        || (cluster.active_nodes(nodes) == [node]).then(Instant::now),
+    )
+    .await
+}
+
+/// Wait until the failover controllers have listed nodes `rounds` more times (so that many
+/// rounds have passed).
+pub async fn wait_rounds(cluster: &Cluster, rounds: usize, timeout: Duration) {
+    let start = cluster.count("GET", "/api/v1/nodes");
+    wait_for_async(&format!("{rounds} more controller rounds"), timeout, || {
+        (cluster.count("GET", "/api/v1/nodes") >= start + rounds).then_some(())
+    })
+    .await
 }

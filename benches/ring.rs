@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use edgeplex::ring::{CreateOptions, Meta, Reader, Recv, RingSpec, Start, StreamKind, Writer};
+use edgeplex::ring::{CreateOptions, Meta, Reader, Recv, Start, Writer};
 
 const FRAME: usize = 4 << 20;
 const FRAME_SLOTS: u32 = 16;
@@ -44,20 +44,9 @@ impl Dir {
     }
 
     fn ring(&self, name: &str, size: usize, slots: u32) -> Writer {
-        let spec = RingSpec {
-            name: name.into(),
-            kind: if size >= 4096 {
-                StreamKind::Video
-            } else {
-                StreamKind::Serial
-            },
-            slot_count: slots,
-            slot_size: size as u64,
-            video: None,
-        };
         Writer::open(
-            &self.0.join(format!("{name}.ring")),
-            &spec,
+            &self.path(name),
+            &edgeplex::bench::ring_spec(name, size, slots),
             &CreateOptions::default(),
         )
         .expect("create a bench ring")

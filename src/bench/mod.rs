@@ -20,6 +20,8 @@ mod shm;
 mod stats;
 mod uds;
 
+pub use shm::spec as ring_spec;
+
 use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};

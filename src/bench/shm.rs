@@ -61,7 +61,8 @@ pub struct Plan {
     pub warmup: u64,
 }
 
-/// The spec of a benchmark ring of `slots` slots of `size` bytes.
+/// The spec of a benchmark ring of `slots` slots of `size` bytes (video from 4 KiB up, serial
+/// below), shared with the criterion benches in `benches/ring.rs`.
 pub fn spec(name: &str, size: usize, slots: u32) -> RingSpec {
     RingSpec {
         name: name.to_owned(),

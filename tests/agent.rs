@@ -1,6 +1,8 @@
 //! `edgeplex run` as a real process: configuration errors, and restarts (SIGTERM and SIGKILL)
 //! while reader processes keep reading the same rings.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -212,10 +214,7 @@ fn wait_for_file(path: &Path) {
 
 #[test]
 fn readers_continue_across_agent_restarts() {
-    let rings = tempfile::Builder::new()
-        .prefix("edgeplex-agent")
-        .tempdir_in("/dev/shm")
-        .unwrap();
+    let rings = common::shm_dir();
     let body = format!(
         "[ring]\ndir = \"{}\"\n[metrics]\nlisten = \"\"\n[stream.cam0]\ntype = \"test-pattern\"\nwidth = 64\nheight = 48\nfps = 50\n[stream.gps0]\ntype = \"nmea-sim\"\nrate_hz = 50\n",
         rings.path().display()

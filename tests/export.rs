@@ -5,6 +5,9 @@
 //! Nothing here depends on timing: the writer is idle while an export runs, publish times are set
 //! explicitly where a test needs them, and every wait has a deadline.
 
+mod common;
+
+use common::shm_dir;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -24,13 +27,6 @@ use serde_json::Value;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn shm_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("edgeplex-export-")
-        .tempdir_in("/dev/shm")
-        .expect("create a tempdir in /dev/shm")
-}
 
 fn serial_spec(slots: u32) -> RingSpec {
     RingSpec {

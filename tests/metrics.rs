@@ -4,6 +4,8 @@
 //! Prometheus and promtool come from Debian's `prometheus` package, which `.ci/run` installs. In
 //! CI (`CI` set) their absence fails the test; elsewhere it is reported and the test returns.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -114,10 +116,7 @@ fn a_real_prometheus_scrapes_the_demo() {
         return;
     };
     let work = tempfile::tempdir().unwrap();
-    let rings = tempfile::Builder::new()
-        .prefix("edgeplex-prom")
-        .tempdir_in("/dev/shm")
-        .unwrap();
+    let rings = common::shm_dir();
     let agent_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let _demo = demo(rings.path(), agent_addr, 30);
     wait_http(agent_addr, "/metrics");
@@ -325,10 +324,7 @@ fn newest(ring: &Path) -> (u64, u64) {
 #[test]
 fn hostile_scrapers_do_not_stop_capture() {
     let _serial = one_at_a_time();
-    let rings = tempfile::Builder::new()
-        .prefix("edgeplex-hostile")
-        .tempdir_in("/dev/shm")
-        .unwrap();
+    let rings = common::shm_dir();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let _demo = demo(rings.path(), addr, 30);
     wait_http(addr, "/metrics");
@@ -397,10 +393,7 @@ fn hostile_scrapers_do_not_stop_capture() {
 fn readyz_and_source_up_follow_the_device() {
     let _serial = one_at_a_time();
     use serialport::{SerialPort, TTYPort};
-    let rings = tempfile::Builder::new()
-        .prefix("edgeplex-ready")
-        .tempdir_in("/dev/shm")
-        .unwrap();
+    let rings = common::shm_dir();
     let link = rings.path().join("ttyGPS");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = rings.path().join("edgeplex.toml");

@@ -1,6 +1,8 @@
 //! The Python reader in docs/examples, written from docs/RING.md alone, reads what the agent
 //! writes: the spec is complete enough to interoperate.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -57,10 +59,7 @@ fn python_reader_agrees_with_ring_cat() {
         have_python(),
         "python3 is needed for this test (Debian: python3)"
     );
-    let dir = tempfile::Builder::new()
-        .prefix("edgeplex-py")
-        .tempdir_in("/dev/shm")
-        .unwrap();
+    let dir = common::shm_dir();
     let status = Command::new(EDGEPLEX)
         .args([
             "demo",
@@ -106,10 +105,7 @@ fn python_reader_waits_on_the_futex() {
         have_python(),
         "python3 is needed for this test (Debian: python3)"
     );
-    let dir = tempfile::Builder::new()
-        .prefix("edgeplex-py")
-        .tempdir_in("/dev/shm")
-        .unwrap();
+    let dir = common::shm_dir();
     let mut demo = Command::new(EDGEPLEX)
         .args([
             "demo",

@@ -6,6 +6,8 @@
 //! bytes are exactly the bytes written. Waits are bounded polls on observable state (ring
 //! messages, health, the pty's unread-byte count); nothing asserts how long anything took.
 
+mod common;
+
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -127,10 +129,7 @@ impl Stream {
 
     /// Start a stream without waiting for its device.
     fn spawn(target: &str, framing: Framing) -> Stream {
-        let dir = tempfile::Builder::new()
-            .prefix("edgeplex-serial-")
-            .tempdir_in("/dev/shm")
-            .expect("tempdir on /dev/shm");
+        let dir = common::shm_dir();
         let link = dir.path().join("ttyGPS");
         point(&link, target);
         let ring = dir.path().join("gps0.ring");
@@ -571,9 +570,7 @@ fn a_vanished_port_is_reopened_and_resumes_the_same_ring() {
 #[test]
 fn a_port_that_is_not_there_yet_is_retried_until_it_appears() {
     let _serial = serial_test();
-    let dir = tempfile::Builder::new()
-        .tempdir_in("/dev/shm")
-        .expect("tempdir on /dev/shm");
+    let dir = common::shm_dir();
     let nowhere = dir.path().join("not-plugged-in");
     let mut s = Stream::spawn(nowhere.to_str().expect("utf-8 path"), lines(64));
     s.wait_health("the missing port to be reported", |h| {

@@ -88,12 +88,14 @@ impl NodeMetrics {
     }
 
     /// The node's `edgeplex.io/role` label (`None`: unset). Only the current value has a series.
-    pub fn set_role(&self, role: Option<&str>) {
+    /// Returns whether the role changed (or was set for the first time).
+    pub fn set_role(&self, role: Option<&str>) -> bool {
         let role = role.unwrap_or_default();
         if self.role.with_label_values(&[role]).get() == 1 {
-            return;
+            return false;
         }
         self.role.reset();
         self.role.with_label_values(&[role]).set(1);
+        true
     }
 }

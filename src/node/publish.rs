@@ -143,8 +143,6 @@ struct Publisher {
     next_lease: Instant,
     node_track: Track,
     lease_track: Track,
-    /// The `edgeplex.io/role` last seen on the node (`""`: none), to log changes once.
-    role: Option<String>,
 }
 
 async fn shutdown_requested(s: &Shutdown) {
@@ -217,7 +215,6 @@ impl Publisher {
             lease: None,
             next_resync: now,
             next_lease: now,
-            role: None,
         }
     }
 
@@ -328,10 +325,8 @@ impl Publisher {
         self.metrics
             .set_active(labels.get(keys::ACTIVE).map(String::as_str) == Some("true"));
         let role = labels.get(keys::ROLE).map(String::as_str);
-        if self.role.as_deref() != Some(role.unwrap_or_default()) {
+        if self.metrics.set_role(role) {
             tracing::info!(node = %self.id.node_name, role = role.unwrap_or("(none)"), "node role (edgeplex.io/role, set by the admin)");
-            self.role = Some(role.unwrap_or_default().to_owned());
-            self.metrics.set_role(role);
         }
         if !self.seen_node {
             self.seen_node = true;

@@ -169,16 +169,17 @@ fn run_store(steps: &[Step]) -> Vec<Outcome> {
         let result = match (s.op, store.get(&t).ok()) {
             ("update", None) => store.create(res, "", s.object.clone(), s.manager),
             ("update", Some(live)) => {
-                let mut body = s.object.clone();
-                body["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
-                if sub.is_some() {
+                let body = if sub.is_some() {
                     // A status write sends the whole object; only its status counts.
-                    let mut whole = live.clone();
-                    whole["status"] = body["status"].clone();
-                    whole["metadata"]["resourceVersion"] =
+                    let mut whole = live;
+                    whole["status"] = s.object["status"].clone();
+                    whole
+                } else {
+                    let mut body = s.object.clone();
+                    body["metadata"]["resourceVersion"] =
                         live["metadata"]["resourceVersion"].clone();
-                    body = whole;
-                }
+                    body
+                };
                 store.replace(&t, body, s.manager)
             }
             ("apply", _) => store.patch(&t, PatchType::Apply, s.object.clone(), s.manager, s.force),

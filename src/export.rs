@@ -745,7 +745,7 @@ pub fn base64(bytes: &[u8]) -> String {
 /// Upload one file, retrying transient failures with exponential backoff.
 fn upload(url: &HttpUrl, path: &Path, name: &str, retries: u32) -> anyhow::Result<()> {
     let body = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let hash = crate::ringtool::fnv1a64(&body);
+    let hash = crate::ring::fnv1a64(&body);
     let target = format!("{}/{}", url.path, name);
     let mut delay = Duration::from_millis(100);
     let mut attempt = 0u32;

@@ -16,7 +16,8 @@ pub mod kube;
 pub mod metrics;
 pub mod node;
 pub mod power;
-pub mod ring;
+/// The ring format, writer and reader: the [`edgeplex_ring`] crate, re-exported.
+pub use edgeplex_ring as ring;
 pub mod ringtool;
 pub mod shutdown;
 pub mod source;

@@ -197,7 +197,7 @@ pub fn cat(args: &CatArgs) -> anyhow::Result<()> {
                     if args.meta {
                         let fnv1a64 = args
                             .hash
-                            .then(|| format!("{:016x}", fnv1a64(msg.payload())));
+                            .then(|| format!("{:016x}", ring::fnv1a64(msg.payload())));
                         let mut line = MetaLine {
                             seq: msg.seq(),
                             epoch: msg.epoch(),
@@ -251,12 +251,5 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-    })
-}
-
-/// FNV-1a, 64-bit: a cheap, dependency-free payload fingerprint for `--hash`.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }

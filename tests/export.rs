@@ -98,12 +98,6 @@ fn payload_of(line: &Value) -> Vec<u8> {
     }
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// Run `edgeplex export ARGS...` to completion (with a watchdog).
 fn export(args: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_edgeplex"))
@@ -484,7 +478,7 @@ fn failed_upload_keeps_the_state_and_retries_succeed() {
     assert_eq!(last.body, fs::read(out.join(name)).expect("output file"));
     assert_eq!(
         last.checksum.as_deref(),
-        Some(format!("{:016x}", fnv1a64(&last.body)).as_str())
+        Some(format!("{:016x}", edgeplex::ring::fnv1a64(&last.body)).as_str())
     );
     let seqs: Vec<u64> = samples(&read_lines(&out.join(name)))
         .iter()

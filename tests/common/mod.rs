@@ -109,7 +109,7 @@ pub fn payload_hash(seq: u64, epoch: u64, max_len: usize) -> String {
     }
     let h = format!(
         "{:016x}",
-        edgeplex::ringtool::fnv1a64(&payload(seq, epoch, max_len))
+        edgeplex::ring::fnv1a64(&payload(seq, epoch, max_len))
     );
     MEMO.lock()
         .unwrap()

@@ -1,12 +1,38 @@
 //! Shared-memory rings: one writer, any number of zero-copy readers in other processes.
 //!
-//! A ring is one file on tmpfs, laid out as `docs/RING.md` specifies: a 4 KiB header, a table of
-//! 64-byte slot descriptors, then `slot_count` page-aligned payload slots. The [`Writer`] is the
-//! only type that can change a ring; a [`Reader`] maps it `PROT_READ` and cannot. A slow reader
-//! loses the oldest messages and is told how many; it can never slow the writer.
+//! A ring is one file on tmpfs, laid out as `RING.md` (shipped with this crate) specifies: a
+//! 4 KiB header, a table of 64-byte slot descriptors, then `slot_count` page-aligned payload
+//! slots. The [`Writer`] is the only type that can change a ring; a [`Reader`] maps it
+//! `PROT_READ` and cannot. A slow reader loses the oldest messages and is told how many; it can
+//! never slow the writer.
 //!
-//! This module owns all of the crate's `unsafe` code (in `sys`), and nothing here blocks on
-//! anything but the futex a reader waits on.
+//! Reading a ring that an edgeplex agent (or any [`Writer`]) publishes:
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use std::time::Duration;
+//! use edgeplex_ring::{Reader, Recv, Start};
+//!
+//! let mut reader = Reader::open(Path::new("/dev/shm/edgeplex/cam0.ring"), Start::Newest)?;
+//! let mut frame = Vec::new();
+//! loop {
+//!     match reader.next(Duration::from_secs(1))? {
+//!         Recv::Message(msg) => {
+//!             let seq = msg.seq();
+//!             // Copies the payload, then checks the writer did not lap the slot meanwhile.
+//!             if msg.copy_to(&mut frame) {
+//!                 println!("message {seq}: {} bytes", frame.len());
+//!             }
+//!         }
+//!         Recv::Reopened => println!("geometry changed; reading the new file"),
+//!         Recv::TimedOut => println!("no message for a second"),
+//!     }
+//! }
+//! # Ok::<(), edgeplex_ring::RingError>(())
+//! ```
+//!
+//! This crate owns all of edgeplex's `unsafe` code (in `sys`). It depends on nothing but `libc`,
+//! `memmap2` and `thiserror`; `serde` and `tracing` are optional features.
 
 #![allow(unsafe_code)]
 
@@ -20,7 +46,16 @@ compile_error!(
      must be plain loads that work on a read-only mapping"
 );
 
+/// Logs through `tracing` when the `tracing` feature is on; compiles to nothing otherwise.
+macro_rules! trace_event {
+    ($level:ident, $($arg:tt)*) => {{
+        #[cfg(feature = "tracing")]
+        tracing::$level!($($arg)*);
+    }};
+}
+
 mod error;
+mod hash;
 pub mod layout;
 mod reader;
 pub mod seqlock;
@@ -31,6 +66,7 @@ use std::fs::File;
 use std::path::Path;
 
 pub use error::RingError;
+pub use hash::fnv1a64;
 pub use layout::{Geometry, HeaderError, RingSpec, StreamKind, VideoFormat};
 pub use reader::{Message, Reader, Recv, Start};
 pub use sys::{monotonic_ns, realtime_ns};
@@ -40,10 +76,11 @@ pub use writer::{CreateOptions, Meta, SlotLoan, Writer};
 pub const RING_SUFFIX: &str = "ring";
 
 /// A decoded header: the immutable geometry plus a snapshot of the writer's live fields.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct HeaderInfo {
     /// Immutable layout.
-    #[serde(flatten)]
+    #[cfg_attr(feature = "serde", serde(flatten))]
     pub geometry: Geometry,
     /// Current writer epoch.
     pub epoch: u64,

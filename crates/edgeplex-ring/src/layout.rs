@@ -107,8 +107,9 @@ pub const FLAG_CAPTURE_REALTIME: u32 = 2;
 pub const FLAG_DEVICE_ERROR: u32 = 4;
 
 /// What a ring carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum StreamKind {
     /// Opaque bytes.
     Bytes,
@@ -149,7 +150,8 @@ impl fmt::Display for StreamKind {
 }
 
 /// Video geometry of a frame stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct VideoFormat {
     /// Width in pixels.
     pub width: u32,
@@ -197,7 +199,8 @@ pub struct RingSpec {
 }
 
 /// The validated, immutable part of a ring header.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Geometry {
     /// Stream name.
     pub name: String,

@@ -117,7 +117,7 @@ impl Writer {
                     epoch,
                 };
                 w.announce();
-                tracing::debug!(path = %path.display(), head, epoch, "reopened ring");
+                trace_event!(debug, path = %path.display(), head, epoch, "reopened ring");
                 Ok(w)
             }
             Ok(old) => {
@@ -127,11 +127,11 @@ impl Writer {
                 let epoch = old_mem.u64_at(off::EPOCH as u64).load(Ordering::Relaxed);
                 let new = Self::create(path, spec, opts, head, epoch.wrapping_add(1))?;
                 retire(&old_mem);
-                tracing::info!(path = %path.display(), head, "ring geometry changed; old file retired");
+                trace_event!(info, path = %path.display(), head, "ring geometry changed; old file retired");
                 Ok(new)
             }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "replacing unusable ring file");
+            Err(_e) => {
+                trace_event!(warn, path = %path.display(), error = %_e, "replacing unusable ring file");
                 Self::create(path, spec, opts, 0, 1)
             }
         }
@@ -210,7 +210,7 @@ impl Writer {
             epoch,
         };
         w.announce();
-        tracing::debug!(path = %path.display(), base, epoch, "created ring");
+        trace_event!(debug, path = %path.display(), base, epoch, "created ring");
         Ok(w)
     }
 

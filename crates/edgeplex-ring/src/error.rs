@@ -95,7 +95,7 @@ pub enum RingError {
 
 impl RingError {
     /// Wrap an I/O error, turning the cases a user can act on into named variants.
-    pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> RingError {
+    pub fn io(op: &'static str, path: &Path, source: io::Error) -> RingError {
         let path = path.to_path_buf();
         match source.kind() {
             io::ErrorKind::NotFound => RingError::NotFound { path },

@@ -1,5 +1,5 @@
 //! A loom model of the ring's seqlock protocol, running the very functions the writer and
-//! reader use (`edgeplex::ring::seqlock`) against loom's atomics and fences.
+//! reader use (`edgeplex_ring::seqlock`) against loom's atomics and fences.
 //!
 //! The model: a ring of 2 slots, each a seqlock word and a 2-word payload; one writer thread
 //! publishes 3 messages (payload words = message number + 1), one reader makes a bounded number
@@ -18,7 +18,7 @@
 
 use std::sync::atomic::Ordering::{self, Relaxed};
 
-use edgeplex::ring::seqlock::{self, Fence, Word};
+use edgeplex_ring::seqlock::{self, Fence, Word};
 use loom::sync::atomic::AtomicU64;
 use loom::sync::Arc;
 use loom::thread;

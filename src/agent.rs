@@ -1,31 +1,87 @@
 //! `edgeplex run`: the agent. Starts one thread per configured stream, each supervising its
-//! device and ring, and drains them on SIGTERM or SIGINT within the grace period.
+//! device and ring, plus the power watcher, the node publisher and the metrics endpoint, and
+//! drains them on SIGTERM or SIGINT within the grace period.
 //!
 //! Capture threads never wait on anything but their device; everything else the agent does
-//! (metrics, Kubernetes) must run beside them, never in their path.
+//! (metrics, Kubernetes) runs beside them, never in their path. `edgeplex demo` is this same
+//! agent with a configuration of synthetic streams.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
-use crate::config::{Config, ConfigError, StreamConfig};
+use crate::config::{Config, ConfigError};
 use crate::ring::{self, CreateOptions};
 use crate::shutdown::Shutdown;
-use crate::source::camera::CameraOpener;
-use crate::source::serial::SerialOpener;
-use crate::source::synthetic::{NmeaSimOpener, TestPatternOpener};
-use crate::source::{supervise, Backoff, Opener, RingTarget, StreamHealth};
+use crate::source::{Backoff, HealthSnapshot, RingTarget, StreamHealth};
 
-/// A running agent: its streams' health, for the rest of the process to look at.
+/// Why the agent could not start (configuration errors aside, which are [`ConfigError`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A setting that can only be checked on this machine is wrong (exit 64).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// A stream's thread could not be started (the process is out of threads or memory).
+    #[error("stream {stream}: cannot start its thread: {source}")]
+    Spawn {
+        /// The stream.
+        stream: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The power watcher's thread could not be started.
+    #[error("cannot start the power watcher: {0}")]
+    Power(#[source] std::io::Error),
+    /// The metrics registry refused a metric (a bug).
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The metrics endpoint could not listen (exit 64: pick another address).
+    #[error("metrics.listen = {addr}: cannot serve: {source}; pick another address, or \"\" to disable the endpoint")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node publisher could not start.
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+}
+
+impl AgentError {
+    /// Whether the user fixes this in the configuration (exit 64).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Config(_)
+                | AgentError::Listen { .. }
+                | AgentError::Node(crate::node::NodeError::Kube(_))
+        )
+    }
+}
+
+/// How [`run`] runs besides what the configuration says.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop after this long (`edgeplex demo --duration`); `None` runs until SIGTERM/SIGINT.
+    pub stop_after: Option<Duration>,
+    /// A metrics endpoint that cannot listen is a warning, not an error (the demo).
+    pub metrics_optional: bool,
+}
+
+/// What [`run`] reports once everything has started.
 #[derive(Debug)]
-pub struct Agent {
-    /// Health of every stream, in configuration order.
-    pub streams: Vec<StreamHealth>,
-    threads: Vec<(String, JoinHandle<()>)>,
-    shutdown: Shutdown,
-    grace: Duration,
+pub struct Started<'a> {
+    /// Every stream's health, in configuration order.
+    pub streams: &'a [StreamHealth],
+    /// Where the metrics endpoint listens, if it does.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Check the ring directory before any stream starts, so a bad one is a config error (exit 64).
@@ -50,80 +106,68 @@ pub fn prepare_ring_dir(config: &Config) -> Result<CreateOptions, ConfigError> {
         }
     }
     Ok(CreateOptions {
-        mode: config.ring_mode()?,
-        group: config.ring_group()?,
+        mode: config.ring.mode.bits(),
+        group: config.ring.group.map(|g| g.0),
         allow_disk: config.ring.allow_disk,
     })
 }
 
+/// The agent's streams: their health, and their threads once started.
+#[derive(Debug)]
+pub struct Agent {
+    /// Health of every stream, in configuration order.
+    pub streams: Vec<StreamHealth>,
+    threads: Vec<(String, JoinHandle<()>)>,
+    shutdown: Shutdown,
+    grace: Duration,
+}
+
 impl Agent {
-    /// Start every stream of `config`. Stops when `shutdown` is triggered.
-    pub fn start(config: &Config, shutdown: &Shutdown) -> Result<Agent, ConfigError> {
+    /// Check the ring directory and start every stream of `config`. Streams stop when
+    /// `shutdown` is triggered.
+    pub fn start(config: &Config, shutdown: &Shutdown) -> Result<Agent, AgentError> {
+        let mut agent = Agent::new(config, shutdown);
+        agent.start_streams(config)?;
+        Ok(agent)
+    }
+
+    /// The streams' health, before any thread starts.
+    fn new(config: &Config, shutdown: &Shutdown) -> Agent {
+        Agent {
+            streams: config
+                .streams
+                .iter()
+                .map(|(name, s)| StreamHealth::new(name, s.type_name(), s.class()))
+                .collect(),
+            threads: Vec::new(),
+            shutdown: shutdown.clone(),
+            grace: Duration::from_secs_f64(config.agent.grace_period_secs),
+        }
+    }
+
+    fn start_streams(&mut self, config: &Config) -> Result<(), AgentError> {
         let options = prepare_ring_dir(config)?;
         let backoff = Backoff::new(
             Duration::from_secs_f64(config.agent.retry_initial_secs),
             Duration::from_secs_f64(config.agent.retry_max_secs),
         );
-        let mut agent = Agent {
-            streams: Vec::new(),
-            threads: Vec::new(),
-            shutdown: shutdown.clone(),
-            grace: Duration::from_secs_f64(config.agent.grace_period_secs),
-        };
         if config.streams.is_empty() {
             tracing::warn!("no streams configured; add [stream.NAME] sections to the config");
         }
-        for (name, stream) in &config.streams {
+        for ((name, stream), health) in config.streams.iter().zip(&self.streams) {
             let target = RingTarget {
                 path: ring_path(&config.ring.dir, name),
                 options: options.clone(),
             };
-            let health = StreamHealth::new(name, stream.type_name());
-            let thread = match stream {
-                StreamConfig::Camera(s) => spawn(
-                    CameraOpener::new(name, s.clone()),
-                    target,
-                    &health,
-                    shutdown,
-                    &backoff,
-                ),
-                StreamConfig::Serial(s) => spawn(
-                    SerialOpener::new(name, s.clone()),
-                    target,
-                    &health,
-                    shutdown,
-                    &backoff,
-                ),
-                StreamConfig::TestPattern(s) => spawn(
-                    TestPatternOpener::new(name, s.clone()),
-                    target,
-                    &health,
-                    shutdown,
-                    &backoff,
-                ),
-                StreamConfig::NmeaSim(s) => spawn(
-                    NmeaSimOpener::new(name, s.clone()),
-                    target,
-                    &health,
-                    shutdown,
-                    &backoff,
-                ),
-            };
-            let thread = thread
-                .map_err(|e| ConfigError(format!("stream.{name}: cannot start its thread: {e}")))?;
-            agent.streams.push(health);
-            agent.threads.push((name.clone(), thread));
+            let thread = stream
+                .spawn(name, target, health, &self.shutdown, &backoff)
+                .map_err(|source| AgentError::Spawn {
+                    stream: name.clone(),
+                    source,
+                })?;
+            self.threads.push((name.clone(), thread));
         }
-        Ok(agent)
-    }
-
-    /// Wait for shutdown, then for the streams to drain within the grace period.
-    pub fn wait(self) {
-        while self
-            .shutdown
-            .sleep_until(Instant::now() + Duration::from_secs(3600))
-        {}
-        self.drain();
+        Ok(())
     }
 
     /// Stop every stream and wait for them within the grace period.
@@ -144,26 +188,37 @@ impl Agent {
     }
 }
 
-fn spawn<O: Opener + 'static>(
-    opener: O,
-    target: RingTarget,
-    health: &StreamHealth,
-    shutdown: &Shutdown,
-    backoff: &Backoff,
-) -> std::io::Result<JoinHandle<()>> {
-    let (health, shutdown, backoff) = (health.clone(), shutdown.clone(), backoff.clone());
-    std::thread::Builder::new()
-        .name(format!("stream-{}", health.name()))
-        .spawn(move || supervise(opener, &target, &health, &shutdown, backoff))
-}
-
-/// `edgeplex run` with an already loaded configuration: run until SIGTERM/SIGINT.
-pub fn run(config: &Config, stop_after: Option<Duration>) -> anyhow::Result<()> {
-    let shutdown = Shutdown::install().context("install signal handlers")?;
-    let agent = Agent::start(config, &shutdown)?;
-    let power = crate::power::watch::spawn(config.power.clone(), &shutdown)
-        .context("start the power watcher")?;
-    let registry = crate::metrics::new_registry().context("build the metrics registry")?;
+/// Run the agent with `config` until SIGTERM/SIGINT (or `options.stop_after`). `on_start` is
+/// called once everything runs. Returns the streams' final health.
+///
+/// Order matters: everything that can fail on a setting (the ring directory, the metrics
+/// address, the Kubernetes connection) is checked before the first ring is written, so a bad
+/// setting never leaves rings behind with a dead writer.
+pub fn run(
+    config: &Config,
+    options: &RunOptions,
+    on_start: impl FnOnce(&Started<'_>),
+) -> Result<Vec<HealthSnapshot>, AgentError> {
+    let shutdown = Shutdown::install().map_err(AgentError::Signals)?;
+    let mut agent = Agent::new(config, &shutdown);
+    prepare_ring_dir(config)?;
+    let power =
+        crate::power::watch::spawn(config.power.clone(), &shutdown).map_err(AgentError::Power)?;
+    let registry = crate::metrics::new_registry()?;
+    let metrics = match config.metrics.listen.addr() {
+        None => None,
+        Some(addr) => match serve_metrics(addr, &registry, &agent.streams, &power, &shutdown) {
+            Ok(bound) => {
+                tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
+                Some(bound)
+            }
+            Err(e) if options.metrics_optional => {
+                tracing::warn!(error = %e, "metrics endpoint not started");
+                None
+            }
+            Err(e) => return Err(e),
+        },
+    };
     // Kubernetes runs on its own thread and runtime; an API-server outage never reaches capture.
     let inputs = crate::node::Inputs::new(agent.streams.clone()).with_power(power.subscribe());
     let publisher = crate::node::start(
@@ -172,52 +227,49 @@ pub fn run(config: &Config, stop_after: Option<Duration>) -> anyhow::Result<()> 
         inputs,
         &registry,
         &shutdown,
-    )
-    .map_err(|e| match e {
-        crate::node::NodeError::Kube(k) => anyhow::Error::from(ConfigError(format!("kube: {k}"))),
-        e => anyhow::Error::from(e).context("start the node publisher"),
-    })?;
-    if !config.metrics.listen.is_empty() {
-        let addr = config.metrics_addr()?;
-        let bound = serve_metrics(addr, &registry, &agent.streams, &power, &shutdown)
-            .map_err(|e| ConfigError(format!("metrics.listen = {addr}: cannot serve: {e:#}")))?;
-        tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
-    }
+    )?;
+    agent.start_streams(config)?;
     tracing::info!(
         ring_dir = %config.ring.dir.display(),
         streams = agent.streams.len(),
         version = env!("CARGO_PKG_VERSION"),
         "agent running"
     );
-    if let Some(d) = stop_after {
-        shutdown.sleep_until(Instant::now() + d);
+    on_start(&Started {
+        streams: &agent.streams,
+        metrics,
+    });
+    match options.stop_after {
+        Some(d) => {
+            shutdown.sleep_until(Instant::now() + d);
+        }
+        None => shutdown.wait(),
     }
-    agent.wait();
+    let streams = agent.streams.clone();
+    agent.drain();
     if let Some(p) = publisher {
         p.join();
     }
-    Ok(())
+    Ok(streams.iter().map(StreamHealth::snapshot).collect())
 }
 
 /// The ring path of stream `name` under `dir`.
-pub fn ring_path(dir: &Path, name: &str) -> std::path::PathBuf {
+pub fn ring_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.{}", ring::RING_SUFFIX))
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` for `streams` on `addr`, on the endpoint's own
 /// thread. Returns the bound address.
 pub fn serve_metrics(
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     registry: &prometheus::Registry,
     streams: &[StreamHealth],
     power: &crate::power::watch::PowerState,
     shutdown: &Shutdown,
-) -> anyhow::Result<std::net::SocketAddr> {
+) -> Result<SocketAddr, AgentError> {
     let registry = registry.clone();
-    let exporter = crate::metrics::StreamExporter::register(&registry, streams.to_vec())
-        .context("register stream metrics")?;
-    let power = crate::metrics::PowerExporter::register(&registry, power.clone())
-        .context("register battery metrics")?;
+    let exporter = crate::metrics::StreamExporter::register(&registry, streams.to_vec())?;
+    let power = crate::metrics::PowerExporter::register(&registry, power.clone())?;
     let ready_streams = streams.to_vec();
     let endpoint = crate::http::Endpoint {
         registry,
@@ -227,7 +279,8 @@ pub fn serve_metrics(
         }),
         readiness: Box::new(move || readiness(&ready_streams)),
     };
-    Ok(crate::http::spawn(addr, endpoint, shutdown.clone())?)
+    crate::http::spawn(addr, endpoint, shutdown.clone())
+        .map_err(|source| AgentError::Listen { addr, source })
 }
 
 /// Ready when every configured stream has started and its device is up.

@@ -5,7 +5,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Overrides;
+use crate::telemetry::LogFormat;
 
 /// edgeplex: share cameras and serial sensors with any number of pods, zero-copy.
 #[derive(Debug, Parser)]
@@ -25,34 +28,6 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
-
-impl LogFormat {
-    /// The configuration value for this format.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
-    }
-
-    /// Parse a configuration value.
-    pub fn from_name(name: &str) -> Option<LogFormat> {
-        match name {
-            "text" => Some(LogFormat::Text),
-            "json" => Some(LogFormat::Json),
-            _ => None,
-        }
-    }
-}
-
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -62,7 +37,7 @@ pub enum Command {
     #[command(subcommand)]
     Ring(RingCommand),
     /// Run a synthetic camera and sensor into fresh rings, to see edgeplex work without hardware.
-    Demo(DemoArgs),
+    Demo(crate::demo::DemoArgs),
     /// Measure ring fan-out cost and wake-up latency on this machine against a Unix-socket
     /// baseline, and print one JSON object.
     Bench(crate::bench::BenchArgs),
@@ -92,9 +67,46 @@ pub struct RunArgs {
     /// Metrics listen address (overrides `metrics.listen`).
     #[arg(long)]
     pub metrics_listen: Option<String>,
-    /// Check the configuration, print it, and exit.
+    /// Check the configuration as `run` would (without opening devices), print it as TOML,
+    /// and exit.
     #[arg(long)]
     pub check: bool,
+}
+
+impl Cli {
+    /// The global flags as configuration overrides (`log.level`, `log.format`).
+    pub fn log_overrides(&self) -> Overrides {
+        let mut o = Overrides::default();
+        o.text("--log", "log.level", self.log.as_ref());
+        o.text(
+            "--log-format",
+            "log.format",
+            self.log_format.map(|f| match f {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            }),
+        );
+        o
+    }
+}
+
+impl RunArgs {
+    /// The flags as configuration overrides, after `base` (the global ones).
+    pub fn overrides(&self, base: Overrides) -> Overrides {
+        let mut o = base;
+        o.set.extend(self.set.iter().cloned());
+        o.text(
+            "--ring-dir",
+            "ring.dir",
+            self.ring_dir.as_ref().map(|p| p.display().to_string()),
+        );
+        o.text(
+            "--metrics-listen",
+            "metrics.listen",
+            self.metrics_listen.as_ref(),
+        );
+        o
+    }
 }
 
 /// `edgeplex ring ...`
@@ -118,69 +130,5 @@ pub enum RingCommand {
         json: bool,
     },
     /// Write messages to stdout: raw payloads, or with --meta one JSON line per message.
-    Cat(CatArgs),
-}
-
-/// `edgeplex ring cat`
-#[derive(Debug, Args)]
-pub struct CatArgs {
-    /// Ring file.
-    pub path: PathBuf,
-    /// Stop after this many messages.
-    #[arg(long, short = 'n')]
-    pub count: Option<u64>,
-    /// Where to start.
-    #[arg(long, value_enum, default_value_t = From::Newest)]
-    pub from: From,
-    /// Print one JSON line of metadata per message instead of the payload, and a final
-    /// `{"event":"end",...}` line with the delivered and lost totals.
-    #[arg(long)]
-    pub meta: bool,
-    /// With --meta, add an FNV-1a 64-bit hash of each payload (`fnv1a64`).
-    #[arg(long, requires = "meta")]
-    pub hash: bool,
-    /// Stop when no message arrives for this many seconds (default: wait forever).
-    #[arg(long)]
-    pub idle_timeout: Option<f64>,
-    /// Sleep this many milliseconds after each message (to play a slow consumer).
-    #[arg(long, hide = true, default_value_t = 0)]
-    pub delay_ms: u64,
-}
-
-/// Where `ring cat` starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum From {
-    /// The oldest message the ring still holds.
-    Oldest,
-    /// The newest message already published.
-    Newest,
-    /// Only messages published after start.
-    Next,
-}
-
-/// `edgeplex demo`
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Ring directory to use (default: a fresh directory under /dev/shm).
-    #[arg(long, env = "EDGEPLEX_RING_DIR")]
-    pub ring_dir: Option<PathBuf>,
-    /// Stop after this many seconds (default: run until Ctrl-C).
-    #[arg(long)]
-    pub duration: Option<f64>,
-    /// Camera frame rate.
-    #[arg(long, default_value_t = 30)]
-    pub fps: u32,
-    /// Camera width in pixels.
-    #[arg(long, default_value_t = 640)]
-    pub width: u32,
-    /// Camera height in pixels.
-    #[arg(long, default_value_t = 480)]
-    pub height: u32,
-    /// Serve /metrics, /healthz and /readyz here ("" to disable).
-    #[arg(
-        long,
-        env = "EDGEPLEX_METRICS_LISTEN",
-        default_value = "127.0.0.1:9464"
-    )]
-    pub metrics_listen: String,
+    Cat(crate::ringtool::CatArgs),
 }

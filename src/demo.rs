@@ -1,20 +1,88 @@
-//! `edgeplex demo`: the agent with a synthetic camera and sensor in a fresh ring directory, so
-//! anyone can see edgeplex work on a machine without hardware.
+//! `edgeplex demo`: the agent, run with a configuration of one synthetic camera and one
+//! synthetic sensor in a fresh ring directory, so anyone can see edgeplex work on a machine
+//! without hardware.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context;
+use clap::Args;
 
-use crate::agent::{ring_path, Agent};
-use crate::cli::DemoArgs;
-use crate::config::{Config, StreamConfig};
-use crate::shutdown::Shutdown;
+use crate::agent::{ring_path, AgentError, RunOptions, Started};
+use crate::config::values::Listen;
+use crate::config::{Config, ConfigError, StreamConfig};
+use crate::kube::KubeMode;
 use crate::source::synthetic::{NmeaSimSettings, TestPatternSettings};
 
+/// `edgeplex demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Ring directory to use (default: a fresh directory under /dev/shm).
+    #[arg(long, env = "EDGEPLEX_RING_DIR")]
+    pub ring_dir: Option<PathBuf>,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Camera frame rate.
+    #[arg(long, default_value_t = 30)]
+    pub fps: u32,
+    /// Camera width in pixels.
+    #[arg(long, default_value_t = 640)]
+    pub width: u32,
+    /// Camera height in pixels.
+    #[arg(long, default_value_t = 480)]
+    pub height: u32,
+    /// Serve /metrics, /healthz and /readyz here ("" to disable).
+    #[arg(
+        long,
+        env = "EDGEPLEX_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_listen: String,
+}
+
+impl DemoArgs {
+    /// The agent configuration the demo runs. Bad flags are errors that name the flag (exit 64).
+    pub fn config(&self, ring_dir: PathBuf) -> Result<Config, ConfigError> {
+        let flag = |e: String| ConfigError(e.replace("--.", "--"));
+        let camera = TestPatternSettings {
+            width: self.width,
+            height: self.height,
+            fps: self.fps,
+            slot_count: 8,
+        };
+        camera.validate("--").map_err(flag)?;
+        let listen = Listen::parse(&self.metrics_listen)
+            .map_err(|e| ConfigError(format!("--metrics-listen: {e}")))?;
+        let mut config = Config::default();
+        config.ring.dir = ring_dir;
+        config.metrics.listen = listen;
+        // The demo never talks to a cluster, whatever kubeconfig this machine has.
+        config.kube.mode = KubeMode::Off;
+        config.streams = BTreeMap::from([
+            ("cam0".to_owned(), StreamConfig::TestPattern(camera)),
+            (
+                "gps0".to_owned(),
+                StreamConfig::NmeaSim(NmeaSimSettings {
+                    rate_hz: 10.0,
+                    slot_count: 1024,
+                }),
+            ),
+        ]);
+        Ok(config)
+    }
+}
+
 /// Run the demo until Ctrl-C (or `--duration`).
-pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+pub fn run(args: &DemoArgs) -> Result<(), AgentError> {
+    if let Some(d) = args.duration {
+        if !(d.is_finite() && d >= 0.0) {
+            return Err(ConfigError(format!(
+                "--duration {d} must be a number of seconds, 0 or more"
+            ))
+            .into());
+        }
+    }
     let (dir, created) = match &args.ring_dir {
         Some(d) => (d.clone(), false),
         None => (
@@ -22,49 +90,26 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             true,
         ),
     };
-    let camera = TestPatternSettings {
-        width: args.width,
-        height: args.height,
-        fps: args.fps,
-        slot_count: 8,
+    let config = args.config(dir.clone())?;
+    let options = RunOptions {
+        stop_after: args.duration.map(Duration::from_secs_f64),
+        // The demo still works without its endpoint (say, the port is taken).
+        metrics_optional: true,
     };
-    camera
-        .validate("--")
-        .map_err(|e| anyhow::anyhow!(e.replace("--.", "--")))?;
-    let sensor = NmeaSimSettings {
-        rate_hz: 10.0,
-        slot_count: 1024,
-    };
-    let mut config = Config::default();
-    config.ring.dir = dir.clone();
-    config.streams = BTreeMap::from([
-        ("cam0".to_owned(), StreamConfig::TestPattern(camera)),
-        ("gps0".to_owned(), StreamConfig::NmeaSim(sensor)),
-    ]);
+    let result = crate::agent::run(&config, &options, |started| banner(args, &config, started));
+    if created {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let counts: Vec<String> = result?
+        .iter()
+        .map(|h| format!("{} {} messages", h.name, h.messages))
+        .collect();
+    println!("stopped: {}", counts.join(", "));
+    Ok(())
+}
 
-    let shutdown = Shutdown::install().context("install signal handlers")?;
-    let agent = Agent::start(&config, &shutdown)?;
-    let metrics = match args.metrics_listen.as_str() {
-        "" => None,
-        listen => {
-            let addr = listen.parse().map_err(|_| {
-                anyhow::anyhow!(
-                    "--metrics-listen {listen:?} is not an address such as 127.0.0.1:9464"
-                )
-            })?;
-            let power = crate::power::watch::spawn(config.power.clone(), &shutdown)
-                .context("start the power watcher")?;
-            let registry = crate::metrics::new_registry().context("build the metrics registry")?;
-            match crate::agent::serve_metrics(addr, &registry, &agent.streams, &power, &shutdown) {
-                Ok(bound) => Some(bound),
-                Err(e) => {
-                    // The demo still works without its endpoint (say, the port is taken).
-                    tracing::warn!(error = %format!("{e:#}"), "metrics endpoint not started");
-                    None
-                }
-            }
-        }
-    };
+fn banner(args: &DemoArgs, config: &Config, started: &Started<'_>) {
+    let dir = &config.ring.dir;
     let me = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "edgeplex".into());
@@ -81,36 +126,18 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!("  {me} ring ls {}", dir.display());
     println!(
         "  {me} ring cat {} --count 5",
-        ring_path(&dir, "gps0").display()
+        ring_path(dir, "gps0").display()
     );
     println!(
         "  {me} ring cat {} --meta --count 30",
-        ring_path(&dir, "cam0").display()
+        ring_path(dir, "cam0").display()
     );
     println!(
         "  python3 docs/examples/ring_reader.py {} --count 5",
-        ring_path(&dir, "gps0").display()
+        ring_path(dir, "gps0").display()
     );
-    if let Some(addr) = metrics {
+    if let Some(addr) = started.metrics {
         println!("  curl http://{addr}/metrics   (and /healthz, /readyz)");
     }
     println!("Press Ctrl-C to stop.");
-
-    let streams = agent.streams.clone();
-    match args.duration {
-        Some(secs) => {
-            shutdown.sleep_until(Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
-            agent.drain();
-        }
-        None => agent.wait(),
-    }
-    let counts: Vec<String> = streams
-        .iter()
-        .map(|h| format!("{} {} messages", h.name(), h.snapshot().messages))
-        .collect();
-    println!("stopped: {}", counts.join(", "));
-    if created {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    Ok(())
 }

@@ -53,7 +53,7 @@ pub mod keys {
 }
 
 /// How the agent finds its cluster.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KubeMode {
     /// A configured kubeconfig if it exists, else the pod's service account, else
@@ -81,7 +81,7 @@ impl KubeMode {
 }
 
 /// `[kube]`: how to reach Kubernetes and who this node is.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KubeSettings {
     /// `auto`, `in-cluster`, `kubeconfig` or `off`.

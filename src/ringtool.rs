@@ -3,14 +3,13 @@
 //! These only ever read rings; they run in consumer pods with the ring directory mounted
 //! read-only.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::cli::{CatArgs, From};
 use crate::ring::{self, layout, HeaderInfo, Reader, Recv, Start};
 
 /// `edgeplex ring ls DIR`
@@ -155,6 +154,46 @@ fn write_info(out: &mut impl Write, path: &Path, info: &HeaderInfo) -> io::Resul
     writeln!(out, "retired:      {}", info.retired)
 }
 
+/// `edgeplex ring cat`
+#[derive(Debug, clap::Args)]
+pub struct CatArgs {
+    /// Ring file.
+    pub path: PathBuf,
+    /// Stop after this many messages.
+    #[arg(long, short = 'n')]
+    pub count: Option<u64>,
+    /// Where to start.
+    #[arg(long, value_enum, default_value_t = From::Newest)]
+    pub from: From,
+    /// Print one JSON line of metadata per message instead of the payload, and a final
+    /// `{"event":"end",...}` line with the delivered and lost totals.
+    #[arg(long)]
+    pub meta: bool,
+    /// With --meta, add an FNV-1a 64-bit hash of each payload (`fnv1a64`).
+    #[arg(long, requires = "meta")]
+    pub hash: bool,
+    /// Stop when no message arrives for this many seconds (default: wait forever).
+    #[arg(long)]
+    pub idle_timeout: Option<f64>,
+    /// Write raw video or byte payloads even when stdout is a terminal.
+    #[arg(long)]
+    pub force: bool,
+    /// Sleep this many milliseconds after each message (to play a slow consumer).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub delay_ms: u64,
+}
+
+/// Where `ring cat` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum From {
+    /// The oldest message the ring still holds.
+    Oldest,
+    /// The newest message already published.
+    Newest,
+    /// Only messages published after start.
+    Next,
+}
+
 #[derive(Serialize)]
 struct MetaLine {
     seq: u64,
@@ -178,6 +217,18 @@ pub fn cat(args: &CatArgs) -> anyhow::Result<()> {
         From::Next => Start::Next,
     };
     let mut reader = Reader::open(&args.path, start)?;
+    let binary = reader.geometry().kind != ring::StreamKind::Serial;
+    if binary && !args.meta && !args.force && io::stdout().is_terminal() {
+        return Err(crate::config::ConfigError(format!(
+            "{} holds {} payloads, and stdout is a terminal: pipe it into a program or a file, use --meta for one line per message, or --force",
+            args.path.display(),
+            match reader.geometry().kind {
+                ring::StreamKind::Video => "video",
+                _ => "binary",
+            }
+        ))
+        .into());
+    }
     let idle = args.idle_timeout.map(Duration::from_secs_f64);
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut seen = 0u64;

@@ -1,46 +1,122 @@
-//! Graceful shutdown: SIGINT and SIGTERM set a flag that long-running loops poll.
+//! Graceful shutdown: SIGINT and SIGTERM cancel one [`Shutdown`], which threads can poll or
+//! sleep on and async tasks can await.
+//!
+//! Signals are received by a small thread (`signal-hook`'s iterator), never in a signal handler,
+//! so cancelling may wake tasks and threads freely.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// A shared "please stop" flag, raised by SIGINT or SIGTERM.
+use tokio_util::sync::CancellationToken;
+
+/// A shared "please stop", raised by SIGINT or SIGTERM (or by hand). Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
-    flag: Arc<AtomicBool>,
+    token: CancellationToken,
+    /// For threads that sleep: set under the lock and notified when cancelled.
+    sleepers: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl Shutdown {
-    /// A flag raised by SIGINT and SIGTERM.
+    /// A shutdown raised by SIGINT and SIGTERM.
     pub fn install() -> std::io::Result<Shutdown> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
         let s = Shutdown::default();
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(sig, Arc::clone(&s.flag))?;
-        }
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let raise = s.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    tracing::info!(signal = sig, "stopping");
+                    raise.trigger();
+                }
+            })?;
         Ok(s)
     }
 
-    /// Raise the flag by hand.
+    /// Raise it by hand.
     pub fn trigger(&self) {
-        self.flag.store(true, Ordering::Relaxed);
+        let (lock, cv) = &*self.sleepers;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+        self.token.cancel();
     }
 
     /// Whether shutdown was requested.
     pub fn requested(&self) -> bool {
-        self.flag.load(Ordering::Relaxed)
+        self.token.is_cancelled()
     }
 
-    /// Sleep until `deadline` or shutdown, whichever is first. Returns `false` on shutdown.
+    /// Wait (in async code) until shutdown is requested.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await
+    }
+
+    /// Sleep `d` in async code, waking at once on shutdown. Returns `false` on shutdown.
+    pub async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.token.cancelled() => false,
+            _ = tokio::time::sleep(d) => !self.requested(),
+        }
+    }
+
+    /// Block the thread until `deadline` or shutdown, whichever is first. Returns `false` on
+    /// shutdown.
     pub fn sleep_until(&self, deadline: Instant) -> bool {
+        let (lock, cv) = &*self.sleepers;
+        let mut raised = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if self.requested() {
+            if *raised {
                 return false;
             }
             let now = Instant::now();
             if now >= deadline {
                 return true;
             }
-            std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
+            raised = cv
+                .wait_timeout(raised, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
+    }
+
+    /// Block the thread until shutdown.
+    pub fn wait(&self) {
+        while self.sleep_until(Instant::now() + Duration::from_secs(3600)) {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sleeping_thread_wakes_at_once() {
+        let s = Shutdown::default();
+        let t = {
+            let s = s.clone();
+            std::thread::spawn(move || s.sleep_until(Instant::now() + Duration::from_secs(600)))
+        };
+        s.trigger();
+        assert!(!t.join().unwrap(), "woken by shutdown, not by the deadline");
+        assert!(s.requested());
+        assert!(!s.sleep_until(Instant::now() + Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn a_task_wakes_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let s = Shutdown::default();
+        let t = s.clone();
+        rt.block_on(async move {
+            let sleeper = tokio::spawn(async move { t.sleep(Duration::from_secs(600)).await });
+            s.trigger();
+            assert!(!sleeper.await.unwrap());
+            s.cancelled().await;
+        });
     }
 }

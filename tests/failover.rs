@@ -29,7 +29,7 @@ const AGENT_LEASE_SECS: i64 = 2;
 /// Watchdog for every wait: generous, only to fail a hang.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn settings(server: &TestApiServer) -> FailoverSettings {
+fn settings() -> FailoverSettings {
     FailoverSettings {
         lease_duration_secs: 1.0,
         renew_interval_secs: 0.1,
@@ -37,14 +37,17 @@ fn settings(server: &TestApiServer) -> FailoverSettings {
         poll_interval_secs: 0.1,
         untaint_after_secs: 1.0,
         agent_lease_duration_secs: AGENT_LEASE_SECS as f64,
-        metrics_listen: String::new(),
-        kube: KubeSettings {
-            mode: KubeMode::Kubeconfig,
-            kubeconfig: server.kubeconfig_path().to_owned(),
-            request_timeout_secs: 5.0,
-            ..KubeSettings::default()
-        },
+        metrics_listen: edgeplex::config::values::Listen::OFF,
         ..FailoverSettings::default()
+    }
+}
+
+fn kube_settings(server: &TestApiServer) -> KubeSettings {
+    KubeSettings {
+        mode: KubeMode::Kubeconfig,
+        kubeconfig: server.kubeconfig_path().to_owned(),
+        request_timeout_secs: 5.0,
+        ..KubeSettings::default()
     }
 }
 
@@ -58,16 +61,17 @@ struct Running {
 
 impl Running {
     async fn start(server: &TestApiServer, identity: &str) -> Running {
-        let s = settings(server);
+        let s = settings();
         s.validate("").expect("test settings are valid");
-        let client = edgeplex::kube::connect_as(&s.kube, "edgeplex-failover")
+        let kube = kube_settings(server);
+        let client = edgeplex::kube::connect_as(&kube, "edgeplex-failover")
             .await
             .expect("client")
             .expect("a cluster");
         let registry = Registry::new();
         let metrics = FailoverMetrics::register(&registry).expect("metrics");
         let shutdown = Shutdown::default();
-        let controller = Controller::new(client, s, identity.to_owned(), metrics);
+        let controller = Controller::new(client, s, kube, identity.to_owned(), metrics);
         let task = tokio::spawn(controller.run(shutdown.clone()));
         Running {
             identity: identity.to_owned(),

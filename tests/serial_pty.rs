@@ -140,7 +140,11 @@ impl Stream {
         };
         settings.validate("stream.gps0").expect("valid settings");
         let opener = SerialOpener::new("gps0", settings);
-        let health = StreamHealth::new("gps0", "serial");
+        let health = StreamHealth::new(
+            "gps0",
+            "serial",
+            edgeplex::source::kinds::DeviceClass::Serial,
+        );
         let shutdown = Shutdown::default();
         let thread = {
             let target = RingTarget {

@@ -22,6 +22,7 @@ use super::leader::{LeaderConfig, LeaderElector, Leadership};
 use super::metrics::FailoverMetrics;
 use super::observe::{node_view, LeaseSighting, LeaseTracker};
 use super::{FailoverSettings, ACTIVE_LABEL, FAILOVER_TAINT, FIELD_MANAGER};
+use crate::kube::KubeSettings;
 use crate::shutdown::Shutdown;
 
 /// How often a taint write is retried after a 409 conflict within one round.
@@ -31,6 +32,7 @@ const TAINT_ATTEMPTS: usize = 5;
 pub struct Controller {
     client: Client,
     settings: FailoverSettings,
+    kube: KubeSettings,
     identity: String,
     metrics: Arc<FailoverMetrics>,
 }
@@ -45,17 +47,20 @@ impl std::fmt::Debug for Controller {
 }
 
 impl Controller {
-    /// A controller that talks to `client`, counts into `metrics`, and takes part in the election
-    /// as `identity` (unique per replica, e.g. the pod name).
+    /// A controller that talks to `client`, reads the agents' Leases in `kube.lease_namespace`,
+    /// counts into `metrics`, and takes part in the election as `identity` (unique per replica,
+    /// e.g. the pod name).
     pub fn new(
         client: Client,
         settings: FailoverSettings,
+        kube: KubeSettings,
         identity: String,
         metrics: FailoverMetrics,
     ) -> Controller {
         Controller {
             client,
             settings,
+            kube,
             identity,
             metrics: Arc::new(metrics),
         }
@@ -84,7 +89,7 @@ impl Controller {
             tracing::info!(
                 namespace = %s.namespace,
                 lease = %s.lease_name,
-                agent_lease_namespace = %s.kube.lease_namespace,
+                agent_lease_namespace = %self.kube.lease_namespace,
                 "failover controller started"
             );
             tokio::join!(
@@ -126,13 +131,13 @@ impl Reconciler {
         let poll = secs(s.poll_interval_secs);
         Reconciler {
             nodes: Api::all(c.client.clone()),
-            leases: Api::namespaced(c.client.clone(), &s.kube.lease_namespace),
+            leases: Api::namespaced(c.client.clone(), &c.kube.lease_namespace),
             events: Api::namespaced(c.client.clone(), &s.namespace),
             namespace: s.namespace.clone(),
             identity: c.identity.clone(),
             poll,
             // A round makes a handful of requests, each bounded by the request timeout.
-            round_timeout: secs(s.kube.request_timeout_secs) * 3,
+            round_timeout: secs(c.kube.request_timeout_secs) * 3,
             // A gap of several polls in our own reads is an outage on our side, not the nodes'.
             tracker: LeaseTracker::new(
                 secs(s.agent_lease_duration_secs),
@@ -154,7 +159,7 @@ impl Reconciler {
                 Ok(Err(e)) => tracing::warn!(error = %e, "failover round failed; retrying"),
                 Err(_) => tracing::warn!("failover round timed out; retrying"),
             }
-            super::sleep_unless_shutdown(self.poll, shutdown).await;
+            shutdown.sleep(self.poll).await;
         }
     }
 

@@ -277,7 +277,7 @@ impl LeaderElector {
                 }
                 Err(_) => tracing::warn!("leader election: the API server did not answer in time"),
             }
-            super::sleep_unless_shutdown(self.config.renew_interval, shutdown).await;
+            shutdown.sleep(self.config.renew_interval).await;
         }
         self.leadership.lost();
     }

@@ -77,11 +77,9 @@ pub mod metrics;
 pub mod observe;
 mod settings;
 
-use std::time::Duration;
-
 pub use controller::Controller;
 pub use metrics::FailoverMetrics;
-pub use settings::{load_file, parse, FailoverArgs, FailoverSettings};
+pub use settings::{FailoverArgs, FailoverSettings};
 
 use crate::shutdown::Shutdown;
 
@@ -130,28 +128,9 @@ pub enum FailoverError {
     NoCluster,
 }
 
-/// Sleep `d`, waking early (in steps of at most 50 ms) when shutdown is requested.
-pub(crate) async fn sleep_unless_shutdown(d: Duration, shutdown: &Shutdown) {
-    let end = tokio::time::Instant::now() + d;
-    loop {
-        if shutdown.requested() {
-            return;
-        }
-        let now = tokio::time::Instant::now();
-        if now >= end {
-            return;
-        }
-        tokio::time::sleep((end - now).min(Duration::from_millis(50))).await;
-    }
-}
-
-/// `edgeplex failover`: run the controller until SIGTERM or SIGINT.
-pub fn run(args: &FailoverArgs) -> anyhow::Result<()> {
-    let settings = args.settings()?;
-    if args.check {
-        println!("{settings:#?}");
-        return Ok(());
-    }
+/// `edgeplex failover` with a loaded configuration: run the controller until SIGTERM or SIGINT.
+pub fn run(config: &crate::config::Config) -> Result<(), FailoverError> {
+    let settings = config.failover.clone();
     let shutdown = Shutdown::install().map_err(FailoverError::Signals)?;
     let registry = crate::metrics::new_registry()?;
     let metrics = FailoverMetrics::register(&registry).map_err(FailoverError::Metrics)?;
@@ -170,14 +149,13 @@ pub fn run(args: &FailoverArgs) -> anyhow::Result<()> {
         .build()
         .map_err(FailoverError::Runtime)?;
     runtime.block_on(async {
-        let client = crate::kube::connect_as(&settings.kube, FIELD_MANAGER)
+        let client = crate::kube::connect_as(&config.kube, FIELD_MANAGER)
             .await?
             .ok_or(FailoverError::NoCluster)?;
         let identity = settings.resolved_identity();
-        Controller::new(client, settings, identity, metrics)
+        Controller::new(client, settings, config.kube.clone(), identity, metrics)
             .run(shutdown)
             .await;
         Ok::<(), FailoverError>(())
-    })?;
-    Ok(())
+    })
 }

@@ -1,17 +1,20 @@
-//! Settings of `edgeplex failover`: an optional TOML file, overridden by `EDGEPLEX_FAILOVER_*`
-//! environment variables, overridden by flags (clap gives env < flag; the file is below both).
+//! Settings of `edgeplex failover`: the `[failover]` section of the configuration, loaded by
+//! the same loader as the agent's (file < `EDGEPLEX_*` environment < flags), with `[kube]` and
+//! `[log]` shared with the agent.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 use serde::Deserialize;
 
-use crate::config::ConfigError;
-use crate::kube::{KubeMode, KubeSettings};
+use crate::config::values::Listen;
+use crate::config::{Config, ConfigError, Overrides};
+use crate::kube::KubeMode;
+use crate::settings::check_secs;
 
-/// The controller's settings. Every key can also be given as a flag (see [`FailoverArgs`]).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// `[failover]`: the controller's settings. Most keys also have a flag (see [`FailoverArgs`]).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverSettings {
     /// Namespace of the leader Lease and of the Events the controller records.
@@ -28,18 +31,15 @@ pub struct FailoverSettings {
     /// The leader stops acting when it has not renewed for this long; below the Lease duration.
     pub renew_deadline_secs: f64,
     /// Duration assumed for an agent Lease without `leaseDurationSeconds`, and for a node whose
-    /// Lease is missing.
+    /// Lease is missing. The agents' Leases are in `kube.lease_namespace`.
     pub agent_lease_duration_secs: f64,
     /// How often Nodes and agent Leases are read.
     pub poll_interval_secs: f64,
     /// Remove the taint the controller put on a dead node once the node's Lease has been seen
     /// renewing for this long; 0 keeps it until an admin removes it.
     pub untaint_after_secs: f64,
-    /// Listen address of `/metrics`, `/healthz`, `/readyz`; empty disables the endpoint.
-    pub metrics_listen: String,
-    /// `[kube]`: how to reach the cluster, as for the agent. `kube.lease_namespace` is where the
-    /// agents' heartbeat Leases are (one per node, named after it); `kube.node_name` is unused.
-    pub kube: KubeSettings,
+    /// Listen address of the controller's `/metrics`, `/healthz`, `/readyz`; `""` disables it.
+    pub metrics_listen: Listen,
 }
 
 impl Default for FailoverSettings {
@@ -54,8 +54,7 @@ impl Default for FailoverSettings {
             agent_lease_duration_secs: 40.0,
             poll_interval_secs: 1.0,
             untaint_after_secs: 60.0,
-            metrics_listen: "0.0.0.0:9465".into(),
-            kube: KubeSettings::default(),
+            metrics_listen: Listen::on(([0, 0, 0, 0], 9465).into()),
         }
     }
 }
@@ -81,13 +80,6 @@ impl FailoverSettings {
                 format!("{prefix}.{k}")
             }
         };
-        self.kube.validate(&key("kube"))?;
-        if self.kube.mode == KubeMode::Off {
-            return Err(format!(
-                "{} = \"off\": the failover controller needs Kubernetes; use auto, in-cluster or kubeconfig",
-                key("kube.mode")
-            ));
-        }
         for (k, v, max) in [
             ("namespace", &self.namespace, 63),
             ("lease_name", &self.lease_name, 253),
@@ -121,12 +113,7 @@ impl FailoverSettings {
             ),
             ("poll_interval_secs", self.poll_interval_secs, 0.01, 3600.0),
         ] {
-            if !(lo..=hi).contains(&v) {
-                return Err(format!(
-                    "{} = {v} is out of range: allowed {lo} to {hi} seconds",
-                    key(k)
-                ));
-            }
+            check_secs(&key(k), v, lo, hi)?;
         }
         if !(0.0..=86400.0).contains(&self.untaint_after_secs) {
             return Err(format!(
@@ -160,13 +147,6 @@ impl FailoverSettings {
                 self.renew_deadline_secs
             ));
         }
-        if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<SocketAddr>().is_err() {
-            return Err(format!(
-                "{} = {:?} is not an address: use HOST:PORT, e.g. 0.0.0.0:9465, or \"\" to disable",
-                key("metrics_listen"),
-                self.metrics_listen
-            ));
-        }
         if self.identity.len() > 253 {
             return Err(format!(
                 "{} is {} characters long: at most 253",
@@ -177,9 +157,9 @@ impl FailoverSettings {
         Ok(())
     }
 
-    /// The metrics address, if the endpoint is enabled. Call after [`FailoverSettings::validate`].
+    /// The metrics address, if the endpoint is enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listen.parse().ok()
+        self.metrics_listen.addr()
     }
 
     /// The election identity: the configured one, else `$POD_NAME`, else `hostname-pid`.
@@ -200,135 +180,156 @@ impl FailoverSettings {
     }
 }
 
-/// `edgeplex failover`: flags override the file; each flag has an `EDGEPLEX_FAILOVER_*` twin.
+/// `edgeplex failover`: the configuration file (`[failover]`, `[kube]`, `[log]`), overridden by
+/// `EDGEPLEX_*` variables, overridden by these flags, each a short form of a key.
 #[derive(Debug, Clone, Default, Args)]
 pub struct FailoverArgs {
-    /// TOML file with the settings: the flags' names with `_` and a `_secs` suffix for
-    /// durations (namespace, lease_name, poll_interval_secs, ...) and a `[kube]` table as in
-    /// the agent's configuration.
-    #[arg(long, short = 'c', env = "EDGEPLEX_FAILOVER_CONFIG")]
+    /// Configuration file: the agent's schema; this command reads `[failover]`, `[kube]` and
+    /// `[log]` [default: /etc/edgeplex/edgeplex.toml, if present].
+    #[arg(long, short = 'c', env = "EDGEPLEX_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Kubeconfig to use (an error if it cannot be read) [default: the in-cluster service
-    /// account, else $KUBECONFIG or ~/.kube/config].
-    #[arg(long, env = "EDGEPLEX_FAILOVER_KUBECONFIG")]
+    /// Override any configuration key, e.g. `--set failover.poll_interval_secs=0.5`
+    /// (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Kubeconfig to use (`kube.kubeconfig`; an error if it cannot be read) [default: the
+    /// in-cluster service account, else $KUBECONFIG or ~/.kube/config].
+    #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context [default: its current context].
-    #[arg(long, env = "EDGEPLEX_FAILOVER_KUBE_CONTEXT")]
+    /// Kubeconfig context (`kube.context`) [default: its current context].
+    #[arg(long)]
     pub kube_context: Option<String>,
-    /// Namespace of the leader Lease and of recorded Events [default: edgeplex].
-    #[arg(long, env = "EDGEPLEX_FAILOVER_NAMESPACE")]
+    /// Namespace of the leader Lease and of recorded Events (`failover.namespace`)
+    /// [default: edgeplex].
+    #[arg(long)]
     pub namespace: Option<String>,
-    /// Name of the leader-election Lease [default: edgeplex-failover].
-    #[arg(long, env = "EDGEPLEX_FAILOVER_LEASE_NAME")]
+    /// Name of the leader-election Lease (`failover.lease_name`) [default: edgeplex-failover].
+    #[arg(long)]
     pub lease_name: Option<String>,
-    /// Identity of this replica in the election [default: $POD_NAME, else hostname-pid].
-    #[arg(long, env = "EDGEPLEX_FAILOVER_IDENTITY")]
+    /// Identity of this replica in the election (`failover.identity`) [default: $POD_NAME,
+    /// else hostname-pid].
+    #[arg(long)]
     pub identity: Option<String>,
-    /// Seconds without a change of the leader Lease before a standby takes over [default: 15].
-    #[arg(long, env = "EDGEPLEX_FAILOVER_LEASE_DURATION", value_name = "SECS")]
+    /// Seconds without a change of the leader Lease before a standby takes over
+    /// (`failover.lease_duration_secs`) [default: 15].
+    #[arg(long, value_name = "SECS")]
     pub lease_duration: Option<f64>,
-    /// Seconds between renewals of the leader Lease [default: 2].
-    #[arg(long, env = "EDGEPLEX_FAILOVER_RENEW_INTERVAL", value_name = "SECS")]
+    /// Seconds between renewals of the leader Lease (`failover.renew_interval_secs`)
+    /// [default: 2].
+    #[arg(long, value_name = "SECS")]
     pub renew_interval: Option<f64>,
-    /// The leader stops acting when it could not renew for this many seconds [default: 10].
-    #[arg(long, env = "EDGEPLEX_FAILOVER_RENEW_DEADLINE", value_name = "SECS")]
+    /// The leader stops acting when it could not renew for this many seconds
+    /// (`failover.renew_deadline_secs`) [default: 10].
+    #[arg(long, value_name = "SECS")]
     pub renew_deadline: Option<f64>,
     /// Namespace of the agents' per-node heartbeat Leases (`kube.lease_namespace`)
     /// [default: edgeplex].
-    #[arg(long, env = "EDGEPLEX_FAILOVER_AGENT_LEASE_NAMESPACE")]
+    #[arg(long)]
     pub agent_lease_namespace: Option<String>,
-    /// Seconds assumed for an agent Lease that declares no duration, or is missing [default: 40].
-    #[arg(
-        long,
-        env = "EDGEPLEX_FAILOVER_AGENT_LEASE_DURATION",
-        value_name = "SECS"
-    )]
+    /// Seconds assumed for an agent Lease that declares no duration, or is missing
+    /// (`failover.agent_lease_duration_secs`) [default: 40].
+    #[arg(long, value_name = "SECS")]
     pub agent_lease_duration: Option<f64>,
-    /// Seconds between reads of Nodes and agent Leases [default: 1].
-    #[arg(long, env = "EDGEPLEX_FAILOVER_POLL_INTERVAL", value_name = "SECS")]
+    /// Seconds between reads of Nodes and agent Leases (`failover.poll_interval_secs`)
+    /// [default: 1].
+    #[arg(long, value_name = "SECS")]
     pub poll_interval: Option<f64>,
     /// Seconds a node the controller tainted as dead must renew its Lease before that taint is
-    /// removed; 0 never removes it [default: 60].
-    #[arg(long, env = "EDGEPLEX_FAILOVER_UNTAINT_AFTER", value_name = "SECS")]
+    /// removed; 0 never removes it (`failover.untaint_after_secs`) [default: 60].
+    #[arg(long, value_name = "SECS")]
     pub untaint_after: Option<f64>,
-    /// Serve /metrics, /healthz and /readyz here; "" disables [default: 0.0.0.0:9465].
-    #[arg(long, env = "EDGEPLEX_FAILOVER_METRICS_LISTEN", value_name = "ADDR")]
+    /// Serve /metrics, /healthz and /readyz here; "" disables (`failover.metrics_listen`)
+    /// [default: 0.0.0.0:9465].
+    #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
-    /// Check the settings, print them, and exit.
+    /// Check the configuration, print it as TOML, and exit.
     #[arg(long)]
     pub check: bool,
 }
 
 impl FailoverArgs {
-    /// The settings: defaults, then the file (if any), then environment and flags; validated.
-    pub fn settings(&self) -> Result<FailoverSettings, ConfigError> {
-        let mut s = match &self.config {
-            Some(path) => load_file(path)?,
-            None => FailoverSettings::default(),
-        };
-        let set_str = |dst: &mut String, v: &Option<String>| {
-            if let Some(v) = v {
-                dst.clone_from(v);
-            }
-        };
-        let set_f64 = |dst: &mut f64, v: Option<f64>| {
-            if let Some(v) = v {
-                *dst = v;
-            }
-        };
-        if let Some(p) = &self.kubeconfig {
-            s.kube.kubeconfig.clone_from(p);
-            if s.kube.mode == KubeMode::Auto {
-                // Named explicitly: a missing file is an error, not "no cluster".
-                s.kube.mode = KubeMode::Kubeconfig;
-            }
+    /// The flags as key overrides, `log_flags` (the global `--log`, `--log-format`) included.
+    pub fn overrides(&self, log_flags: Overrides) -> Overrides {
+        let mut o = log_flags;
+        o.set.extend(self.set.iter().cloned());
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        o.text("--kubeconfig", "kube.kubeconfig", path(&self.kubeconfig));
+        o.text("--kube-context", "kube.context", self.kube_context.as_ref());
+        o.text("--namespace", "failover.namespace", self.namespace.as_ref());
+        o.text(
+            "--lease-name",
+            "failover.lease_name",
+            self.lease_name.as_ref(),
+        );
+        o.text("--identity", "failover.identity", self.identity.as_ref());
+        o.text(
+            "--agent-lease-namespace",
+            "kube.lease_namespace",
+            self.agent_lease_namespace.as_ref(),
+        );
+        let secs = [
+            (
+                "--lease-duration",
+                "failover.lease_duration_secs",
+                self.lease_duration,
+            ),
+            (
+                "--renew-interval",
+                "failover.renew_interval_secs",
+                self.renew_interval,
+            ),
+            (
+                "--renew-deadline",
+                "failover.renew_deadline_secs",
+                self.renew_deadline,
+            ),
+            (
+                "--agent-lease-duration",
+                "failover.agent_lease_duration_secs",
+                self.agent_lease_duration,
+            ),
+            (
+                "--poll-interval",
+                "failover.poll_interval_secs",
+                self.poll_interval,
+            ),
+            (
+                "--untaint-after",
+                "failover.untaint_after_secs",
+                self.untaint_after,
+            ),
+        ];
+        for (flag, key, v) in secs {
+            // `{:?}` keeps a float a float (`1.0`, not `1`), as the settings expect.
+            o.flag(flag, key, v.map(|v| format!("{v:?}")));
         }
-        set_str(&mut s.kube.context, &self.kube_context);
-        set_str(&mut s.kube.lease_namespace, &self.agent_lease_namespace);
-        set_str(&mut s.namespace, &self.namespace);
-        set_str(&mut s.lease_name, &self.lease_name);
-        set_str(&mut s.identity, &self.identity);
-        set_str(&mut s.metrics_listen, &self.metrics_listen);
-        set_f64(&mut s.lease_duration_secs, self.lease_duration);
-        set_f64(&mut s.renew_interval_secs, self.renew_interval);
-        set_f64(&mut s.renew_deadline_secs, self.renew_deadline);
-        set_f64(&mut s.agent_lease_duration_secs, self.agent_lease_duration);
-        set_f64(&mut s.poll_interval_secs, self.poll_interval);
-        set_f64(&mut s.untaint_after_secs, self.untaint_after);
-        s.validate("").map_err(ConfigError)?;
-        Ok(s)
+        o.text(
+            "--metrics-listen",
+            "failover.metrics_listen",
+            self.metrics_listen.as_ref(),
+        );
+        o
     }
-}
 
-/// Read a settings file: top-level keys of [`FailoverSettings`].
-pub fn load_file(path: &Path) -> Result<FailoverSettings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError(format!(
-            "cannot read {}: {e}; pass an existing file with --config",
-            path.display()
-        ))
-    })?;
-    parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
-}
-
-/// Parse settings from TOML text. Errors are one line naming the key.
-pub fn parse(text: &str) -> Result<FailoverSettings, String> {
-    let de = toml::de::Deserializer::new(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let msg = inner
-            .message()
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        if path.is_empty() || path == "." {
-            msg
-        } else {
-            format!("{path}: {msg}")
+    /// Load and check the configuration for the controller.
+    pub fn load(
+        &self,
+        env: impl IntoIterator<Item = (String, String)>,
+        log_flags: Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut config =
+            crate::config::load(self.config.as_deref(), env, &self.overrides(log_flags))?;
+        if self.kubeconfig.is_some() && config.kube.mode == KubeMode::Auto {
+            // Named explicitly: a missing file is an error, not "no cluster".
+            config.kube.mode = KubeMode::Kubeconfig;
         }
-    })
+        if config.kube.mode == KubeMode::Off {
+            return Err(ConfigError(
+                "kube.mode = \"off\": the failover controller needs Kubernetes; use auto, in-cluster or kubeconfig".into(),
+            ));
+        }
+        Ok(config)
+    }
 }
 
 #[cfg(test)]
@@ -342,6 +343,11 @@ mod tests {
         args: FailoverArgs,
     }
 
+    fn load(args: &[&str]) -> Result<Config, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).unwrap();
+        cli.args.load(Vec::new(), Overrides::default())
+    }
+
     #[test]
     fn defaults_are_valid() {
         FailoverSettings::default().validate("failover").unwrap();
@@ -352,7 +358,7 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         type Edit = fn(&mut FailoverSettings);
-        let cases: [(Edit, &str); 11] = [
+        let cases: [(Edit, &str); 8] = [
             (|s| s.namespace = "Bad_NS".into(), "failover.namespace"),
             (|s| s.lease_name = String::new(), "failover.lease_name"),
             (
@@ -372,21 +378,12 @@ mod tests {
                 "failover.renew_interval_secs",
             ),
             (
-                |s| s.metrics_listen = "nowhere".into(),
-                "failover.metrics_listen",
-            ),
-            (
                 |s| s.agent_lease_duration_secs = f64::NAN,
                 "failover.agent_lease_duration_secs",
             ),
-            (|s| s.kube.mode = KubeMode::Off, "failover.kube.mode"),
             (
                 |s| s.untaint_after_secs = -1.0,
                 "failover.untaint_after_secs",
-            ),
-            (
-                |s| s.kube.lease_namespace = "A".into(),
-                "failover.kube.lease_namespace",
             ),
         ];
         for (make, key) in cases {
@@ -396,30 +393,38 @@ mod tests {
             assert!(e.starts_with(key), "{e}");
             assert!(!e.contains('\n'), "{e}");
         }
-        let s = FailoverSettings {
-            poll_interval_secs: -1.0,
-            ..FailoverSettings::default()
-        };
-        assert!(s
-            .validate("")
-            .unwrap_err()
-            .starts_with("poll_interval_secs ="));
     }
 
     #[test]
-    fn file_parses_and_rejects_unknown_keys() {
-        let s = parse(
-            "namespace = \"kube-system\"\npoll_interval_secs = 0.5\n[kube]\nlease_namespace = \"agents\"\n",
+    fn the_file_holds_failover_and_kube_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edgeplex.toml");
+        std::fs::write(
+            &path,
+            "[failover]\nnamespace = \"kube-system\"\npoll_interval_secs = 0.5\n[kube]\nlease_namespace = \"agents\"\n",
         )
         .unwrap();
-        assert_eq!(s.kube.lease_namespace, "agents");
-        assert_eq!(s.namespace, "kube-system");
-        assert_eq!(s.poll_interval_secs, 0.5);
-        assert_eq!(s.lease_name, "edgeplex-failover");
-        let e = parse("pol_interval_secs = 1\n").unwrap_err();
-        assert!(e.contains("pol_interval_secs"), "{e}");
-        let e = parse("poll_interval_secs = \"fast\"\n").unwrap_err();
-        assert!(e.starts_with("poll_interval_secs"), "{e}");
+        let c = load(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.kube.lease_namespace, "agents");
+        assert_eq!(c.failover.namespace, "kube-system");
+        assert_eq!(c.failover.poll_interval_secs, 0.5);
+        assert_eq!(c.failover.lease_name, "edgeplex-failover");
+        std::fs::write(&path, "[failover]\npol_interval_secs = 1\n").unwrap();
+        let e = load(&["--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("failover.pol_interval_secs is not a known key"),
+            "{e}"
+        );
+        std::fs::write(&path, "[failover]\npoll_interval_secs = \"fast\"\n").unwrap();
+        let e = load(&["--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("failover.poll_interval_secs: invalid type"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -428,41 +433,40 @@ mod tests {
         let path = dir.path().join("failover.toml");
         std::fs::write(
             &path,
-            "namespace = \"from-file\"\nlease_name = \"file-lease\"\n",
+            "[failover]\nnamespace = \"from-file\"\nlease_name = \"file-lease\"\n",
         )
         .unwrap();
-        let cli = Cli::try_parse_from([
-            "x",
+        let c = load(&[
             "--config",
             path.to_str().unwrap(),
             "--namespace",
             "from-flag",
             "--poll-interval",
             "0.25",
+            "--metrics-listen",
+            "",
         ])
         .unwrap();
-        let s = cli.args.settings().unwrap();
-        assert_eq!(s.kube.mode, KubeMode::Auto);
-        assert_eq!(s.namespace, "from-flag");
-        assert_eq!(s.lease_name, "file-lease");
-        assert_eq!(s.poll_interval_secs, 0.25);
-        let bad = Cli::try_parse_from(["x", "--renew-deadline", "20"]).unwrap();
-        let e = bad.args.settings().unwrap_err().to_string();
+        assert_eq!(c.kube.mode, KubeMode::Auto);
+        assert_eq!(c.failover.namespace, "from-flag");
+        assert_eq!(c.failover.lease_name, "file-lease");
+        assert_eq!(c.failover.poll_interval_secs, 0.25);
+        assert_eq!(c.failover.metrics_addr(), None);
+        let e = load(&["--renew-deadline", "20"]).unwrap_err().to_string();
         assert!(e.contains("renew_deadline_secs"), "{e}");
-        let missing = Cli::try_parse_from(["x", "--config", "/nonexistent/f.toml"]).unwrap();
-        assert!(missing.args.settings().is_err());
-        let kc = Cli::try_parse_from([
-            "x",
+        assert!(load(&["--config", "/nonexistent/f.toml"]).is_err());
+        let e = load(&["--set", "kube.mode=off"]).unwrap_err().to_string();
+        assert!(e.contains("kube.mode = \"off\""), "{e}");
+        let c = load(&[
             "--kubeconfig",
             "/etc/kc",
             "--agent-lease-namespace",
             "agents",
         ])
         .unwrap();
-        let s = kc.args.settings().unwrap();
-        assert_eq!(s.kube.mode, KubeMode::Kubeconfig);
-        assert_eq!(s.kube.kubeconfig, PathBuf::from("/etc/kc"));
-        assert_eq!(s.kube.lease_namespace, "agents");
+        assert_eq!(c.kube.mode, KubeMode::Kubeconfig);
+        assert_eq!(c.kube.kubeconfig, PathBuf::from("/etc/kc"));
+        assert_eq!(c.kube.lease_namespace, "agents");
     }
 
     #[test]

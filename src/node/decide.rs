@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::kube::keys;
 use crate::power::{PowerClass, PowerSnapshot};
+use crate::source::kinds::DeviceClass;
 use crate::source::HealthSnapshot;
 
 /// Taint value when the battery is critical. The agent removes only taints with its own
@@ -17,12 +18,6 @@ use crate::source::HealthSnapshot;
 pub const TAINT_BATTERY: &str = "battery-critical";
 /// Taint value when a critical device is down.
 pub const TAINT_DEVICE: &str = "device-failure";
-
-/// Stream kinds that make a node a camera node (`test-pattern` so `edgeplex demo` shows the
-/// contract without hardware).
-const CAMERA_KINDS: &[&str] = &["camera", "test-pattern"];
-/// Stream kinds that make a node a serial-sensor node.
-const SERIAL_KINDS: &[&str] = &["serial", "nmea-sim"];
 
 /// What the decisions depend on, besides time.
 #[derive(Debug, Clone)]
@@ -119,15 +114,13 @@ impl Decider {
             d.labels
                 .insert(keys::GROUP.into(), self.rules.group.clone());
         }
-        let up = |kinds: &[&str]| {
-            obs.streams
-                .iter()
-                .any(|s| s.up && kinds.contains(&s.kind.as_str()))
-        };
-        if up(CAMERA_KINDS) {
+        // The stream kinds' own classes decide (`test-pattern` is a camera, so `edgeplex demo`
+        // shows the contract without hardware).
+        let up = |class: DeviceClass| obs.streams.iter().any(|s| s.up && s.class == Some(class));
+        if up(DeviceClass::Camera) {
             d.labels.insert(keys::CAMERA.into(), "true".into());
         }
-        if up(SERIAL_KINDS) {
+        if up(DeviceClass::Serial) {
             d.labels.insert(keys::SERIAL.into(), "true".into());
         }
         if let Some(rings) = rings_annotation(&obs.streams) {

@@ -43,7 +43,7 @@ use crate::source::{HealthSnapshot, StreamHealth};
 pub use metrics::NodeMetrics;
 
 /// `[node]`: what the publisher asserts and how often.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeSettings {
     /// The node's group (`edgeplex.io/group`), e.g. `line-1`; empty for none.

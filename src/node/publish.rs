@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ::kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use ::kube::Client;
@@ -145,12 +145,6 @@ struct Publisher {
     lease_track: Track,
 }
 
-async fn shutdown_requested(s: &Shutdown) {
-    while !s.requested() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn classify(e: &::kube::Error) -> &'static str {
     match e {
         ::kube::Error::Api(s) => match s.code {
@@ -259,11 +253,7 @@ impl Publisher {
                     Err(e) => self.lease_track.fail(&self.id.node_name, &e),
                 }
             }
-            let wake = Instant::now() + poll;
-            while !self.shutdown.requested() && Instant::now() < wake {
-                let left = wake.saturating_duration_since(Instant::now());
-                tokio::time::sleep(left.min(Duration::from_millis(50))).await;
-            }
+            self.shutdown.sleep(poll).await;
         }
         tracing::info!(node = %self.id.node_name, "node publisher stopped");
     }
@@ -278,7 +268,7 @@ impl Publisher {
         let timeout = self.id.request_timeout;
         let result = tokio::select! {
             r = tokio::time::timeout(timeout, fut) => r,
-            _ = shutdown_requested(&self.shutdown) => return Err(NodeError::ShuttingDown),
+            _ = self.shutdown.cancelled() => return Err(NodeError::ShuttingDown),
         };
         match result {
             Ok(Ok(v)) => {
@@ -576,6 +566,7 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn a_track_backs_off_doubling_to_its_cap_and_resets() {

@@ -76,7 +76,7 @@ pub enum PowerError {
 }
 
 /// `[power]`: where to read and when to call the battery low or critical.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PowerConfig {
     /// The power-supply class directory; a fixture directory in tests.

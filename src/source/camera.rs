@@ -15,13 +15,14 @@ use v4l::video::Capture;
 use v4l::{Format, FourCC};
 
 use super::{Device, Opener, SourceError, StreamHealth};
+use crate::config::values::FourCc;
 use crate::ring::{layout, Meta, RingSpec, StreamKind, VideoFormat, Writer};
 
 const PERMISSION_HINT: &str =
     "connect the camera interface (snap connect edgeplex:camera) or add the agent's user to the video group";
 
 /// How a camera stream is configured (`[stream.NAME]` with `type = "camera"`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CameraSettings {
     /// Device path: `/dev/video0`, or a stable `/dev/v4l/by-id/...` link.
@@ -34,7 +35,7 @@ pub struct CameraSettings {
     pub height: u32,
     /// Requested pixel format, a fourcc such as `YUYV` or `MJPG`.
     #[serde(default = "default_format")]
-    pub format: String,
+    pub format: FourCc,
     /// Requested frame rate.
     #[serde(default = "default_fps")]
     pub fps: u32,
@@ -55,8 +56,8 @@ fn default_width() -> u32 {
 fn default_height() -> u32 {
     480
 }
-fn default_format() -> String {
-    "YUYV".into()
+fn default_format() -> FourCc {
+    FourCc(u32::from_le_bytes(*b"YUYV"))
 }
 fn default_fps() -> u32 {
     30
@@ -85,12 +86,6 @@ impl CameraSettings {
         check_range(prefix, "fps", self.fps, 1, 1000)?;
         check_range(prefix, "buffers", self.buffers, 2, 32)?;
         check_range(prefix, "slot_count", self.slot_count, 2, 1024)?;
-        if layout::fourcc_from_str(&self.format).is_none() {
-            return Err(format!(
-                "{prefix}.format = {:?} is not a four-character code such as \"YUYV\" or \"MJPG\"",
-                self.format
-            ));
-        }
         if !(self.stall_timeout_secs > 0.0 && self.stall_timeout_secs <= 3600.0) {
             return Err(format!(
                 "{prefix}.stall_timeout_secs = {} must be between 0 and 3600",
@@ -175,7 +170,7 @@ impl Opener for CameraOpener {
                 ),
             });
         }
-        let fourcc = layout::fourcc_from_str(&s.format).expect("validated by config");
+        let fourcc = s.format.0;
         let wanted = Format::new(s.width, s.height, FourCC::from(fourcc));
         let got = dev
             .set_format(&wanted)

@@ -37,7 +37,7 @@ pub const MAX_IDLE_MS: u64 = 60_000;
 
 /// How a byte stream is cut into messages. In TOML: `framing = { type = "lines", max_len = 128 }`,
 /// `{ type = "records", size = 16 }` or `{ type = "chunks", max_size = 4096, idle_ms = 20 }`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Framing {
     /// Terminated lines (NMEA, CSV, AT responses). A message is one line including its
@@ -132,6 +132,18 @@ impl Default for Terminator {
     /// `\n`.
     fn default() -> Self {
         Terminator(b'\n')
+    }
+}
+
+impl serde::Serialize for Terminator {
+    /// As a one-character string when it is printable ASCII or a control character TOML can
+    /// escape, else as a number.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_ascii() {
+            s.serialize_str(&(self.0 as char).to_string())
+        } else {
+            s.serialize_u8(self.0)
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod camera;
 pub mod framing;
+pub mod kinds;
 pub mod serial;
 pub mod synthetic;
 
@@ -147,6 +148,7 @@ pub struct StreamHealth {
 struct HealthInner {
     name: String,
     kind: String,
+    class: Option<kinds::DeviceClass>,
     up: AtomicBool,
     started: AtomicBool,
     messages: AtomicU64,
@@ -167,8 +169,10 @@ struct HealthInner {
 pub struct HealthSnapshot {
     /// Stream name.
     pub name: String,
-    /// `camera`, `serial` or `synthetic`.
+    /// The stream's `type` ([`kinds::StreamConfig::type_name`]).
     pub kind: String,
+    /// The class of device it offers, for the node's labels.
+    pub class: Option<kinds::DeviceClass>,
     /// The device is open and delivering.
     pub up: bool,
     /// The stream's thread has started (ready probe).
@@ -194,8 +198,8 @@ pub struct HealthSnapshot {
 }
 
 impl StreamHealth {
-    /// Health for stream `name` of kind `kind`, down until its device opens.
-    pub fn new(name: &str, kind: &str) -> StreamHealth {
+    /// Health for stream `name` of kind `kind` offering `class`, down until its device opens.
+    pub fn new(name: &str, kind: &str, class: kinds::DeviceClass) -> StreamHealth {
         let opts = prometheus::HistogramOpts::new(
             "edgeplex_capture_interval_seconds",
             "Time between consecutive messages of a stream.",
@@ -209,6 +213,7 @@ impl StreamHealth {
         let inner = HealthInner {
             name: name.to_owned(),
             kind: kind.to_owned(),
+            class: Some(class),
             interval,
             ..Default::default()
         };
@@ -288,6 +293,7 @@ impl StreamHealth {
         HealthSnapshot {
             name: h.name.clone(),
             kind: h.kind.clone(),
+            class: h.class,
             up: h.up.load(Ordering::Relaxed),
             started: h.started.load(Ordering::Relaxed),
             messages: h.messages.load(Ordering::Relaxed),

@@ -52,7 +52,7 @@ pub const MAX_SLOT_COUNT: u32 = 65_536;
 pub const MAX_RING_BYTES: u64 = 256 << 20;
 
 /// Parity bit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Parity {
     /// No parity bit.
@@ -65,7 +65,7 @@ pub enum Parity {
 }
 
 /// Flow control.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FlowControl {
     /// None.
@@ -85,7 +85,7 @@ pub enum FlowControl {
 /// baud = 9600
 /// framing = { type = "lines", max_len = 128 }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SerialSettings {
     /// The port: any path, symlinks included (`/dev/serial/by-id/...` names survive re-plugging;

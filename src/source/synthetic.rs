@@ -167,7 +167,7 @@ mod tests {
 }
 
 /// A synthetic camera stream (`type = "test-pattern"`).
-#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TestPatternSettings {
     /// Width in pixels (even).
@@ -215,7 +215,7 @@ impl TestPatternSettings {
 }
 
 /// A synthetic NMEA sensor stream (`type = "nmea-sim"`).
-#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NmeaSimSettings {
     /// Sentences per second.

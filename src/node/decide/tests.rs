@@ -24,6 +24,10 @@ fn stream(name: &str, kind: &str, up: bool, error: Option<&str>) -> HealthSnapsh
     HealthSnapshot {
         name: name.into(),
         kind: kind.into(),
+        class: Some(match kind {
+            "camera" | "test-pattern" => crate::source::kinds::DeviceClass::Camera,
+            _ => crate::source::kinds::DeviceClass::Serial,
+        }),
         up,
         started: true,
         last_error: error.map(str::to_owned),

@@ -1,0 +1,246 @@
+//! The front door: what `edgeplex` says and exits with when a person gets something wrong, and
+//! what it prints for people.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use edgeplex::ring::{CreateOptions, Meta, RingSpec, StreamKind, VideoFormat, Writer};
+
+const EDGEPLEX: &str = env!("CARGO_BIN_EXE_edgeplex");
+
+fn edgeplex(args: &[&str]) -> Output {
+    let mut cmd = Command::new(EDGEPLEX);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("EDGEPLEX_")) {
+        cmd.env_remove(k);
+    }
+    cmd.args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Argument errors keep clap's whole message: the missing argument's name, the allowed values,
+/// a similar subcommand. Still exit 64, and nothing on stdout.
+#[test]
+fn usage_errors_keep_claps_whole_message() {
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["ring", "ls"], &["<DIR>", "Usage: edgeplex ring ls"]),
+        (
+            &["ring", "cat", "x.ring", "--from", "latest"],
+            &["'latest'", "oldest", "newest", "next"],
+        ),
+        (&["runn"], &["'runn'", "similar", "run"]),
+        (&["export", "x.ring"], &["--out"]),
+    ];
+    for (args, wants) in cases {
+        let o = edgeplex(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+        for want in wants {
+            assert!(
+                err.contains(want),
+                "{args:?}: {err:?} should mention {want}"
+            );
+        }
+    }
+    let help = edgeplex(&["run", "--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--check"));
+}
+
+/// A bad demo flag is a usage error (64) that names the flag, and `localhost` is an address.
+#[test]
+fn demo_flags_are_checked_like_configuration() {
+    for (args, want) in [
+        (&["demo", "--fps", "0"][..], "--fps = 0"),
+        (
+            &["demo", "--metrics-listen", "nowhere"][..],
+            "--metrics-listen",
+        ),
+        (&["demo", "--duration", "nan"][..], "--duration"),
+    ] {
+        let o = edgeplex(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = common::shm_dir();
+    let listen = format!("localhost:{port}");
+    let o = edgeplex(&[
+        "demo",
+        "--duration",
+        "0.5",
+        "--metrics-listen",
+        &listen,
+        "--ring-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        out.contains(&format!("curl http://127.0.0.1:{port}/metrics")),
+        "{out}"
+    );
+}
+
+/// `run --check` prints TOML that `run` accepts and that means the same configuration.
+#[test]
+fn run_check_prints_toml_that_run_accepts() {
+    let dir = common::shm_dir();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/edgeplex.example.toml");
+    let rings = dir.path().join("rings");
+    let ring_dir = rings.to_str().unwrap();
+    let first = edgeplex(&[
+        "run",
+        "--check",
+        "--config",
+        example,
+        "--ring-dir",
+        ring_dir,
+    ]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let printed = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(printed.contains("[stream.cam0]"), "{printed}");
+    assert!(!printed.contains("Config {"), "a Debug dump: {printed}");
+    let file = dir.path().join("printed.toml");
+    std::fs::write(&file, &printed).unwrap();
+    let again = edgeplex(&["run", "--check", "--config", file.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert_eq!(String::from_utf8_lossy(&again.stdout), printed);
+
+    let failover = edgeplex(&[
+        "failover",
+        "--check",
+        "--namespace",
+        "ops",
+        "--kubeconfig",
+        "/k",
+    ]);
+    assert_eq!(failover.status.code(), Some(0), "{}", stderr(&failover));
+    let text = String::from_utf8_lossy(&failover.stdout);
+    assert!(
+        text.contains("[failover]") && text.contains("namespace = \"ops\""),
+        "{text}"
+    );
+    assert!(text.contains("mode = \"kubeconfig\""), "{text}");
+}
+
+/// One loader for both commands: the same environment rule and error style.
+#[test]
+fn failover_reads_the_same_environment_rule() {
+    let mut cmd = Command::new(EDGEPLEX);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("EDGEPLEX_")) {
+        cmd.env_remove(k);
+    }
+    let o = cmd
+        .args(["failover", "--check", "--kubeconfig", "/k"])
+        .env("EDGEPLEX_FAILOVER__POLL_INTERVAL_SECS", "0")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(64), "{err}");
+    assert!(err.contains("failover.poll_interval_secs = 0"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+/// A metrics address that cannot be bound is found before any ring is written: nothing is left
+/// behind with a dead writer.
+#[test]
+fn an_unbindable_metrics_port_leaves_no_rings() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = common::shm_dir();
+    let rings = dir.path().join("rings");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ring]\ndir = {:?}\n[kube]\nmode = \"off\"\n[stream.cam0]\ntype = \"test-pattern\"\n",
+            rings.display()
+        ),
+    )
+    .unwrap();
+    let o = edgeplex(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--metrics-listen",
+        &addr,
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(64), "{err}");
+    assert!(err.contains("cannot serve"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&rings)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "rings left behind: {left:?}");
+}
+
+fn video_ring(dir: &Path) -> (std::path::PathBuf, Writer) {
+    let path = dir.join("cam0.ring");
+    let spec = RingSpec {
+        name: "cam0".into(),
+        kind: StreamKind::Video,
+        slot_count: 4,
+        slot_size: 4096,
+        video: Some(VideoFormat {
+            width: 32,
+            height: 2,
+            fourcc: u32::from_le_bytes(*b"YUYV"),
+            stride: 64,
+        }),
+    };
+    let mut w = Writer::open(&path, &spec, &CreateOptions::default()).unwrap();
+    for _ in 0..3 {
+        w.publish(&[0x1b; 128], Meta::default()).unwrap();
+    }
+    (path, w)
+}
+
+/// `ring cat` does not write video into a terminal unless asked to; a pipe gets it as before.
+#[test]
+fn ring_cat_refuses_to_write_video_to_a_terminal() {
+    let dir = common::shm_dir();
+    let (path, _w) = video_ring(dir.path());
+    let path = path.to_str().unwrap();
+    // `script` runs the command with its stdout on a pseudo-terminal.
+    let on_tty = |extra: &str| {
+        let cmd =
+            format!("{EDGEPLEX} ring cat {path} --from oldest --count 3 {extra}; echo EXIT=$?");
+        let o = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("script (util-linux) runs a command on a terminal");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let refused = on_tty("");
+    assert!(refused.contains("EXIT=64"), "{refused:?}");
+    assert!(refused.contains("stdout is a terminal"), "{refused:?}");
+    assert!(
+        !refused.contains('\u{1b}'),
+        "no payload reached the terminal: {refused:?}"
+    );
+    let forced = on_tty("--force");
+    assert!(forced.contains("EXIT=0"), "{forced:?}");
+    assert!(forced.contains('\u{1b}'), "{forced:?}");
+    let meta = on_tty("--meta");
+    assert!(
+        meta.contains("EXIT=0") && meta.contains("\"seq\":0"),
+        "{meta:?}"
+    );
+    // A pipe is not a terminal.
+    let piped = edgeplex(&["ring", "cat", path, "--from", "oldest", "--count", "3"]);
+    assert_eq!(piped.status.code(), Some(0), "{}", stderr(&piped));
+    assert_eq!(piped.stdout.len(), 3 * 128);
+}

@@ -3,10 +3,19 @@
 //! It runs on its own thread and tokio runtime, so a slow or hostile scraper can only ever
 //! cost this thread: capture threads never wait on it. Connections, header sizes and header
 //! read time are bounded; request bodies are never read.
+//!
+//! The port faces the cluster network, so idle and slow clients must never starve the
+//! kubelet's probes: a new connection is always accepted, and when [`MAX_CONNECTIONS`] are open
+//! one is closed to make room: the oldest that has not yet sent a whole request (an idle or
+//! slowloris client), else the oldest. Each new connection is polled once before the next is
+//! accepted, so a probe's request, which follows its connect at once, is read before a flood of
+//! newer connections could push it out.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -15,11 +24,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
 
 use crate::shutdown::Shutdown;
 
-/// Most connections served at once; further clients wait in the listen backlog.
+/// Most connections open at once; a new one closes the oldest.
 pub const MAX_CONNECTIONS: usize = 64;
 /// Time a client gets to send its request headers (slowloris bound).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,17 +86,24 @@ pub fn spawn(
     Ok(local)
 }
 
+/// One open connection.
+struct Conn {
+    id: u64,
+    task: AbortHandle,
+    /// Whether it has sent a whole request.
+    served: Arc<AtomicBool>,
+}
+
+/// The open connections, oldest first.
+type Live = Arc<Mutex<VecDeque<Conn>>>;
+
 async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>, shutdown: Shutdown) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let live: Live = Arc::default();
+    let mut next_id = 0u64;
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = tick.tick() => { if shutdown.requested() { return } continue }
-        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = tick.tick() => { if shutdown.requested() { return } continue }
+            _ = shutdown.cancelled() => return,
         };
         let (stream, _) = match accepted {
             Ok(s) => s,
@@ -98,21 +114,51 @@ async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>, shutdown: Shutdow
                 continue;
             }
         };
-        let endpoint = Arc::clone(&endpoint);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let endpoint = Arc::clone(&endpoint);
-                async move { Ok::<_, Infallible>(handle(&endpoint, &req)) }
-            });
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES);
-            let conn = http.serve_connection(TokioIo::new(stream), service);
-            // A connection lives at most this long, whatever the client does.
-            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
-            drop(permit);
+        admit(&live, next_id, stream, &endpoint);
+        next_id += 1;
+        // Let the new connection read its request before the next one is accepted.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Serve `stream` on its own task, closing a connection to make room when too many are open.
+fn admit(live: &Live, id: u64, stream: tokio::net::TcpStream, endpoint: &Arc<Endpoint>) {
+    let endpoint = Arc::clone(endpoint);
+    let done = Arc::clone(live);
+    let served = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&served);
+    // Held across the spawn, so the task's own removal always comes after its insertion.
+    let mut open = live.lock().unwrap_or_else(|p| p.into_inner());
+    let task = tokio::spawn(async move {
+        let service = hyper::service::service_fn(move |req| {
+            seen.store(true, Ordering::Relaxed);
+            let endpoint = Arc::clone(&endpoint);
+            async move { Ok::<_, Infallible>(handle(&endpoint, &req)) }
         });
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES);
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        // A connection lives at most this long, whatever the client does.
+        let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+        let mut open = done.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|c| c.id != id);
+    });
+    open.push_back(Conn {
+        id,
+        task: task.abort_handle(),
+        served,
+    });
+    while open.len() > MAX_CONNECTIONS {
+        let victim = open
+            .iter()
+            .position(|c| !c.served.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        if let Some(c) = open.remove(victim) {
+            // The aborted task is dropped, and its socket closed.
+            c.task.abort();
+        }
     }
 }
 

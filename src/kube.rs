@@ -20,7 +20,7 @@ pub const FIELD_MANAGER: &str = "edgeplex";
 /// Field manager of every write the failover controller makes.
 pub const FAILOVER_FIELD_MANAGER: &str = "edgeplex-failover";
 
-/// Label, annotation, taint and condition names of the Kubernetes contract (DESIGN.md), shared
+/// Label, annotation, taint and condition names of the Kubernetes contract (README.md, "Kubernetes"), shared
 /// by the node publisher and the failover controller.
 pub mod keys {
     /// Prefix of every edgeplex label and annotation.

@@ -244,3 +244,54 @@ fn ring_cat_refuses_to_write_video_to_a_terminal() {
     assert_eq!(piped.status.code(), Some(0), "{}", stderr(&piped));
     assert_eq!(piped.stdout.len(), 3 * 128);
 }
+
+/// `run --check` refuses what `run` would refuse (the snap's configure hook trusts it), so a
+/// configuration it passes cannot put the daemon into a restart loop.
+#[test]
+fn run_check_refuses_what_run_refuses() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let shm = common::shm_dir();
+    let disk_dir = dir.path().join("rings");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!("[ring]\ndir = {:?}\n", disk_dir.display()),
+            "is not on tmpfs",
+        ),
+        ("[ring]\ndir = \"\"\n".into(), "ring.dir"),
+        ("[ring]\ndir = \"/dev/shm/a\\u0000b\"\n".into(), "ring.dir"),
+        (
+            "[stream.big]\ntype = \"test-pattern\"\nwidth = 8192\nheight = 8192\nslot_count = 1024\n"
+                .into(),
+            "stream.big: its ring (1024 slots",
+        ),
+        (
+            "[stream.gps]\ntype = \"nmea-sim\"\nrate_hz = 1e-300\n".into(),
+            "stream.gps.rate_hz",
+        ),
+        (
+            "[stream.gps]\ntype = \"serial\"\ndevice = \"/dev/tty\\u0000S1\"\n".into(),
+            "stream.gps.device",
+        ),
+        (
+            "[stream.cam]\ntype = \"camera\"\ndevice = \"/dev/video0\\u0000\"\n".into(),
+            "stream.cam.device",
+        ),
+    ];
+    for (body, want) in cases {
+        let body = if body.starts_with("[ring]") {
+            body
+        } else {
+            format!("[ring]\ndir = {:?}\n{body}", shm.path().join("r").display())
+        };
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, &body).unwrap();
+        let o = edgeplex(&["run", "--check", "--config", file.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(64), "{body:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{body:?}: {err}");
+        assert!(
+            err.contains(want),
+            "{body:?}: {err:?} should mention {want:?}"
+        );
+    }
+}

@@ -1335,7 +1335,7 @@ mod api_server {
             .await
             .expect_err("conflict");
         assert_eq!(code(e).0, 409);
-        // With force, or by merge patch, the whole list is replaced: the bite DESIGN.md warns of.
+        // With force, or by merge patch, the whole list is replaced: the bite README.md's Kubernetes section warns of.
         nodes
             .patch(
                 "n1",

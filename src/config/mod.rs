@@ -350,6 +350,17 @@ impl Config {
         self.node
             .validate_streams("node", &names)
             .map_err(ConfigError)?;
+        for (name, stream) in &self.streams {
+            // A ring the reader would refuse (over the 64 GiB cap, say) fails `run` on every
+            // retry; find it at load time, where `run --check` sees it too.
+            let spec = stream.planned_ring(name);
+            crate::ring::layout::Geometry::for_spec(&spec, 0, 0).map_err(|e| {
+                ConfigError(format!(
+                    "stream.{name}: its ring ({} slots of {} bytes) is not possible: {e}; lower the frame size or slot_count",
+                    spec.slot_count, spec.slot_size
+                ))
+            })?;
+        }
         let a = &self.agent;
         for (key, v) in [
             ("agent.grace_period_secs", a.grace_period_secs),

@@ -7,7 +7,7 @@
 //! `edgeplex.io/failover=node-dead:NoExecute`, which it removes again once the node has renewed
 //! its Lease for `untaint_after_secs`. It must not touch anything else: labels, conditions and
 //! the agent's own failover taint (values `battery-critical`, `device-failure`) belong to the
-//! agent on each node (DESIGN.md, invariant 6).
+//! agent on each node (ARCHITECTURE.md: the agent writes only its own Node and Lease).
 //!
 //! # How it decides
 //!

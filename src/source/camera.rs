@@ -76,9 +76,12 @@ impl CameraSettings {
     /// Check the settings; the error names the key (`{prefix}.width`), the value and what is
     /// allowed.
     pub fn validate(&self, prefix: &str) -> Result<(), String> {
-        if self.device.as_os_str().is_empty() {
+        if self.device.as_os_str().is_empty()
+            || self.device.as_os_str().as_encoded_bytes().contains(&0)
+        {
             return Err(format!(
-                "{prefix}.device is empty: give the camera's path, e.g. /dev/video0 or /dev/v4l/by-id/..."
+                "{prefix}.device = {:?} is not a path: give the camera's path, e.g. /dev/video0 or /dev/v4l/by-id/...",
+                self.device
             ));
         }
         check_range(prefix, "width", self.width, 1, 16384)?;
@@ -93,6 +96,33 @@ impl CameraSettings {
             ));
         }
         Ok(())
+    }
+}
+
+impl CameraSettings {
+    /// The ring a stream called `name` with these settings is planned to need: the requested
+    /// size at the format's bytes per pixel (2 for compressed formats). The real ring follows
+    /// what the device negotiates.
+    pub fn ring_spec(&self, name: &str) -> RingSpec {
+        let bytes_per_pixel: u64 = match &self.format.to_string()[..] {
+            "GREY" => 1,
+            "RGB3" | "BGR3" => 3,
+            "RGB4" | "BGR4" | "XR24" | "AR24" | "XB24" | "AB24" => 4,
+            _ => 2,
+        };
+        let stride = u64::from(self.width) * bytes_per_pixel;
+        RingSpec {
+            name: name.to_owned(),
+            kind: StreamKind::Video,
+            slot_count: self.slot_count,
+            slot_size: stride * u64::from(self.height),
+            video: Some(VideoFormat {
+                width: self.width,
+                height: self.height,
+                fourcc: self.format.0,
+                stride: u32::try_from(stride).unwrap_or(u32::MAX),
+            }),
+        }
     }
 }
 

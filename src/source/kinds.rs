@@ -68,6 +68,12 @@ macro_rules! stream_kinds {
                 Ok(stream)
             }
 
+            /// The ring a stream called `name` with these settings is planned to need (a camera's
+            /// real size is known only once it negotiated its format), for checks at load time.
+            pub fn planned_ring(&self, name: &str) -> crate::ring::RingSpec {
+                match self { $( StreamConfig::$variant(s) => s.ring_spec(name), )* }
+            }
+
             /// The keys a stream of kind `type_name` accepts besides `type`.
             pub fn keys(type_name: &str) -> Vec<String> {
                 match type_name {

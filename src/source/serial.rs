@@ -172,6 +172,13 @@ impl SerialSettings {
                 key("device")
             ));
         }
+        if self.device.as_os_str().as_encoded_bytes().contains(&0) {
+            return Err(format!(
+                "{} = {:?} contains a NUL byte: it is not a path",
+                key("device"),
+                self.device
+            ));
+        }
         if self.device.to_str().is_none() {
             return Err(format!(
                 "{} = {:?} is not valid UTF-8: the serial library needs a UTF-8 path",

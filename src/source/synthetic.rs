@@ -199,6 +199,9 @@ fn default_slots() -> u32 {
 fn default_rate() -> f64 {
     10.0
 }
+/// Slot size of the NMEA simulator's ring: an NMEA 0183 sentence is at most 82 bytes.
+const NMEA_SLOT_SIZE: u64 = 128;
+
 fn default_sensor_slots() -> u32 {
     1024
 }
@@ -211,6 +214,23 @@ impl TestPatternSettings {
         check_range(prefix, "height", self.height, 1, 8192)?;
         check_range(prefix, "fps", self.fps, 1, 1000)?;
         check_range(prefix, "slot_count", self.slot_count, 2, 1024)
+    }
+
+    /// The ring a stream called `name` with these settings needs.
+    pub fn ring_spec(&self, name: &str) -> crate::ring::RingSpec {
+        let pattern = TestPattern::new(self.width, self.height);
+        crate::ring::RingSpec {
+            name: name.to_owned(),
+            kind: crate::ring::StreamKind::Video,
+            slot_count: self.slot_count,
+            slot_size: pattern.frame_len() as u64,
+            video: Some(crate::ring::VideoFormat {
+                width: pattern.stride() / 2,
+                height: (pattern.frame_len() / pattern.stride() as usize) as u32,
+                fourcc: u32::from_le_bytes(*b"YUYV"),
+                stride: pattern.stride(),
+            }),
+        }
     }
 }
 
@@ -229,13 +249,25 @@ pub struct NmeaSimSettings {
 impl NmeaSimSettings {
     /// Check the settings; the error names the key.
     pub fn validate(&self, prefix: &str) -> Result<(), String> {
-        if !(self.rate_hz > 0.0 && self.rate_hz <= 10_000.0) {
+        // At least one sentence an hour: the period must be a duration the pacer can hold.
+        if !(self.rate_hz >= 1.0 / 3600.0 && self.rate_hz <= 10_000.0) {
             return Err(format!(
-                "{prefix}.rate_hz = {} is out of range: allowed (0, 10000]",
+                "{prefix}.rate_hz = {} is out of range: allowed 0.0003 (one an hour) to 10000",
                 self.rate_hz
             ));
         }
         super::camera::check_range(prefix, "slot_count", self.slot_count, 2, 1 << 20)
+    }
+
+    /// The ring a stream called `name` with these settings needs.
+    pub fn ring_spec(&self, name: &str) -> crate::ring::RingSpec {
+        crate::ring::RingSpec {
+            name: name.to_owned(),
+            kind: crate::ring::StreamKind::Serial,
+            slot_count: self.slot_count,
+            slot_size: NMEA_SLOT_SIZE,
+            video: None,
+        }
     }
 }
 
@@ -294,8 +326,8 @@ impl TestPatternOpener {
 #[derive(Debug)]
 pub struct TestPatternCamera {
     name: String,
+    settings: TestPatternSettings,
     pattern: TestPattern,
-    slot_count: u32,
     pacer: Pacer,
     frame: u64,
 }
@@ -308,8 +340,8 @@ impl super::Opener for TestPatternOpener {
         let period = std::time::Duration::from_secs_f64(1.0 / f64::from(s.fps));
         Ok(TestPatternCamera {
             name: self.name.clone(),
+            settings: s.clone(),
             pattern: TestPattern::new(s.width, s.height),
-            slot_count: s.slot_count,
             pacer: Pacer::new(period),
             frame: 0,
         })
@@ -318,18 +350,7 @@ impl super::Opener for TestPatternOpener {
 
 impl super::Device for TestPatternCamera {
     fn spec(&self) -> crate::ring::RingSpec {
-        crate::ring::RingSpec {
-            name: self.name.clone(),
-            kind: crate::ring::StreamKind::Video,
-            slot_count: self.slot_count,
-            slot_size: self.pattern.frame_len() as u64,
-            video: Some(crate::ring::VideoFormat {
-                width: self.pattern.stride() / 2,
-                height: (self.pattern.frame_len() / self.pattern.stride() as usize) as u32,
-                fourcc: u32::from_le_bytes(*b"YUYV"),
-                stride: self.pattern.stride(),
-            }),
-        }
+        self.settings.ring_spec(&self.name)
     }
 
     fn pump(
@@ -376,8 +397,8 @@ impl NmeaSimOpener {
 #[derive(Debug)]
 pub struct NmeaSimSensor {
     name: String,
+    settings: NmeaSimSettings,
     sim: NmeaSim,
-    slot_count: u32,
     pacer: Pacer,
     samples: u64,
 }
@@ -389,8 +410,8 @@ impl super::Opener for NmeaSimOpener {
         let period = std::time::Duration::from_secs_f64(1.0 / self.settings.rate_hz);
         Ok(NmeaSimSensor {
             name: self.name.clone(),
+            settings: self.settings.clone(),
             sim: NmeaSim::new(),
-            slot_count: self.settings.slot_count,
             pacer: Pacer::new(period),
             samples: 0,
         })
@@ -399,13 +420,7 @@ impl super::Opener for NmeaSimOpener {
 
 impl super::Device for NmeaSimSensor {
     fn spec(&self) -> crate::ring::RingSpec {
-        crate::ring::RingSpec {
-            name: self.name.clone(),
-            kind: crate::ring::StreamKind::Serial,
-            slot_count: self.slot_count,
-            slot_size: 128,
-            video: None,
-        }
+        self.settings.ring_spec(&self.name)
     }
 
     fn pump(

@@ -1116,6 +1116,9 @@ fn torn_reads_are_detected_across_processes() {
         .expect("spawn ring cat");
     let pid = cat.id();
     wait_until("ring cat to block writing message 0 to its stdout", || {
+        if let Some(status) = cat.try_wait().expect("try_wait") {
+            panic!("ring cat exited ({status}) instead of blocking on its full stdout pipe");
+        }
         blocked_in(pid) == Some((libc::SYS_write, 1))
     });
     w.send("publish 2 0");

@@ -122,11 +122,11 @@ impl Agent {
             .status()
             .unwrap();
         assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "agent did not exit after {sig}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait::wait_exit(
+            &format!("the agent after {sig}"),
+            &mut self.child,
+            common::WATCHDOG,
+        );
     }
 }
 
@@ -201,15 +201,7 @@ impl Drop for Reader {
 }
 
 fn wait_for_file(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until(&format!("{} to appear", path.display()), || path.exists());
 }
 
 #[test]

@@ -4,10 +4,12 @@
 //! Nothing here asserts anything about time: CI machines are noisy, and the figures are for
 //! people to read, not for tests to gate on.
 
+mod common;
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -27,18 +29,7 @@ fn run_quick_bench() -> Value {
         let mut s = String::new();
         stdout.read_to_string(&mut s).map(|_| s)
     });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for edgeplex bench") {
-            break status;
-        }
-        if started.elapsed() > WATCHDOG {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("edgeplex bench --quick ran over {WATCHDOG:?}; killed it");
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let status = common::wait::wait_exit("edgeplex bench --quick", &mut child, WATCHDOG);
     let out = pump
         .join()
         .expect("stdout reader thread")

@@ -11,6 +11,8 @@
 //!    but the only other node is critical, so nothing moves and `NoHealthyBackup` is recorded.
 //! 4. Mains returns to `edge-a`: after the hold-down its agent clears its taint and condition, and
 //!    the controller hands over from the dead `edge-b` to `edge-a`, tainting `edge-b` node-dead.
+//! 5. RBAC: the manifests grant each component exactly the permissions its recorded requests
+//!    needed in steps 1-4 (told apart by User-Agent): nothing it was refused, nothing unused.
 //!
 //! Every wait is bounded by a generous deadline; no duration is asserted. The detection-to-
 //! handover times are printed (run with `--nocapture`).
@@ -18,9 +20,11 @@
 mod common;
 mod kube_api;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::agent::{Agent, AgentConfig, Controller};
+use common::rbac;
 use kube_api::{wait_active, wait_for_async, wait_rounds, Cluster, TestApiServer};
 use serde_json::Value;
 
@@ -232,4 +236,20 @@ async fn scenario() {
     assert_eq!(c.active_nodes(&NODES), ["edge-a"]);
     a.assert_running();
     ctl.assert_running();
+
+    // 5. The manifests grant exactly what the agent and the controller used.
+    let requests = c.requests();
+    for (account, user_agent) in [
+        ("edgeplex-agent", edgeplex::kube::FIELD_MANAGER),
+        ("edgeplex-failover", edgeplex::kube::FAILOVER_FIELD_MANAGER),
+    ] {
+        let prefix = format!("{user_agent}/");
+        let used: BTreeSet<rbac::Permission> = requests
+            .iter()
+            .filter(|r| r.user_agent.starts_with(&prefix))
+            .filter_map(|r| rbac::needed(&r.method, &r.path, &r.query))
+            .collect();
+        assert!(!used.is_empty(), "no request from {user_agent}");
+        rbac::assert_exact(account, &rbac::granted(account, NS), &used);
+    }
 }

@@ -18,7 +18,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgeplex::ring::layout::{self, desc};
 use edgeplex::ring::{CreateOptions, Meta, RingSpec, StreamKind, VideoFormat, Writer};
@@ -111,17 +111,7 @@ fn export(args: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn edgeplex export");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("edgeplex export did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait::wait_exit("edgeplex export", &mut child, common::WATCHDOG);
     child.wait_with_output().expect("collect output")
 }
 
@@ -759,19 +749,14 @@ fn live_writer_every_message_is_exported_or_counted() {
     );
     let cam = dir.path().join("cam0.ring");
     let gps = dir.path().join("gps0.ring");
-    let deadline = Instant::now() + Duration::from_secs(30);
     let head = |p: &Path| edgeplex::ring::inspect(p).map(|i| i.head).unwrap_or(0);
-    while head(&cam) < 20 || head(&gps) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "demo did not publish within 30 s"
-        );
+    common::wait_until("the demo to publish 20 frames and 2 samples", || {
         assert!(
             demo.0.try_wait().expect("try_wait").is_none(),
             "edgeplex demo exited early"
         );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        head(&cam) >= 20 && head(&gps) >= 2
+    });
 
     for (ring, state) in [(&cam, "cam.state"), (&gps, "gps.state")] {
         let state = dir.path().join(state);
@@ -817,11 +802,9 @@ fn live_writer_every_message_is_exported_or_counted() {
             assert_eq!(covered, (from..to).collect::<Vec<_>>(), "{summary}");
             // Let the writer move on a little (progress, not timing, is what matters).
             let target = to + 3;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while head(ring) < target {
-                assert!(Instant::now() < deadline, "writer stalled");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            common::wait_until(&format!("the writer to reach {target}"), || {
+                head(ring) >= target
+            });
         }
     }
 }

@@ -7,6 +7,7 @@
 //! generous deadline; no test asserts a duration. The handover times are printed (run with
 //! `--nocapture` to see them) as figures against the ~6 minutes of default Kubernetes.
 
+mod common;
 mod kube_api;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,14 +98,7 @@ impl Running {
 }
 
 fn metric(registry: &Registry, sample: &str) -> f64 {
-    let text = edgeplex::metrics::encode(registry);
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+    common::prom::value(&edgeplex::metrics::encode(registry), sample).unwrap_or(0.0)
 }
 
 /// An agent's heartbeat: renews Lease `edgeplex/<node>` every 200 ms until stopped.
@@ -555,12 +549,31 @@ async fn an_api_outage_does_not_declare_nodes_dead() {
     let ctl = Running::start(&server, "ctl").await;
     wait_active(&c, &nodes, "p", DEADLINE).await;
     wait_rounds(&c, 5, DEADLINE).await;
-    hp.stop();
+    let last_renewal = hp.stop();
     c.set_outage(Some(503));
-    tokio::time::sleep(Duration::from_secs(AGENT_LEASE_SECS as u64 + 1)).await;
+    // The outage outlasts p's Lease: wait until it has expired, then for the controller to fail
+    // a few more rounds, so that it has had every chance to misjudge p dead.
+    let lease = Duration::from_secs(AGENT_LEASE_SECS as u64);
+    wait_for_async("p's Lease to expire during the outage", DEADLINE, || {
+        (last_renewal.elapsed() > lease).then_some(())
+    })
+    .await;
+    let answered = |code: u16| c.requests().iter().filter(|r| r.status == code).count();
+    let failed = answered(503);
+    wait_for_async("3 more failed requests of the controller", DEADLINE, || {
+        (answered(503) >= failed + 3).then_some(())
+    })
+    .await;
     c.set_outage(None);
-    // The primary's agent comes back within a second of the API server.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The primary's agent comes back just after the API server: the controller first gets a
+    // round in with p's Lease still expired.
+    let ok = answered(200);
+    wait_for_async(
+        "a request of the controller answered after the outage",
+        DEADLINE,
+        || (answered(200) > ok).then_some(()),
+    )
+    .await;
     let _hp = Heartbeat::start(&c, "p");
     wait_rounds(&c, 20, DEADLINE).await;
     assert_eq!(c.active_nodes(&nodes), ["p"], "an outage is not a death");

@@ -7,6 +7,7 @@
 //! Checks that need the test server's hooks (request log, injected conflicts and outages) run
 //! only locally. Every wait is bounded; nothing asserts wall-clock time.
 
+mod common;
 mod kube_api;
 
 use std::path::PathBuf;
@@ -139,17 +140,7 @@ impl Agent {
 
     /// Sum of the samples of metric `name` whose labels include `labels`.
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        edgeplex::metrics::encode(&self.registry)
-            .lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter(|l| l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        common::prom::sum(&edgeplex::metrics::encode(&self.registry), name, labels)
     }
 }
 
@@ -1521,8 +1512,15 @@ mod api_server {
         let nodes: Api<Node> = Api::all(client(&server).await);
         let mut stream = Box::pin(kube::runtime::watcher(nodes, Default::default()));
         let cluster = server.cluster();
+        // The change comes once the watcher has listed and started watching (from the list's
+        // resourceVersion), so it arrives as a watch event, not in the initial list.
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
+            crate::common::wait_until("the watcher's watch request", || {
+                cluster
+                    .requests()
+                    .iter()
+                    .any(|r| r.query.split('&').any(|kv| kv == "watch=true"))
+            });
             cluster.apply_as("admin", node_labels("n1", json!({"seen": "yes"})));
         });
         let deadline = tokio::time::Instant::now() + WAIT;

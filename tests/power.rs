@@ -6,7 +6,7 @@ use std::path::Path;
 
 mod common;
 
-use common::agent::Sysfs;
+use common::power::Sysfs;
 use edgeplex::power::{
     read_supplies, CapacityLevel, EstimateSource, Monitor, PowerClass, PowerConfig, PowerError,
     Reason, Status, SupplyKind,
@@ -20,31 +20,10 @@ fn config(root: &Path) -> PowerConfig {
     }
 }
 
-/// An ACPI-style laptop battery: energy in µWh, power in µW.
-fn acpi_battery(fs: &Sysfs, status: &str, capacity: u32, energy_uwh: u64) {
-    fs.supply(
-        "BAT0",
-        &[
-            ("type", "Battery"),
-            ("status", status),
-            ("present", "1"),
-            ("capacity", &capacity.to_string()),
-            ("capacity_level", "Normal"),
-            ("voltage_now", "11400000"),
-            ("power_now", "9500000"),
-            ("energy_now", &energy_uwh.to_string()),
-            ("energy_full", "50000000"),
-            ("energy_full_design", "57000000"),
-            ("technology", "Li-ion"),
-            ("manufacturer", "ACME"),
-        ],
-    );
-}
-
 #[test]
 fn reads_a_laptop_tree_with_mains_usb_and_a_peripheral() {
     let fs = Sysfs::empty();
-    acpi_battery(&fs, "Discharging", 43, 21_500_000);
+    fs.battery("Discharging", 43, 21_500_000);
     fs.supply("AC", &[("type", "Mains"), ("online", "0")]);
     fs.supply(
         "ucsi-source-psy-USBC000:001",
@@ -119,7 +98,7 @@ fn a_discharge_then_mains_through_the_files() {
     for i in 0..40 {
         let t = f64::from(i) * 10.0;
         let cap = (energy / 50_000_000.0 * 100.0).round() as u32;
-        acpi_battery(&fs, "Discharging", cap, energy as u64);
+        fs.battery("Discharging", cap, energy as u64);
         let s = m.sample(t, &read_supplies(&fs.root()).expect("read"));
         energy -= 9_500_000.0 / 3600.0 * 10.0;
         last = Some(s);
@@ -140,7 +119,7 @@ fn a_discharge_then_mains_through_the_files() {
 
     // Plugged in: the adapter comes online and the battery starts charging.
     fs.supply("AC", &[("online", "1")]);
-    acpi_battery(&fs, "Charging", 19, energy as u64);
+    fs.battery("Charging", 19, energy as u64);
     let s = m.sample(400.0, &read_supplies(&fs.root()).expect("read"));
     assert!(!s.on_battery);
     assert_eq!(

@@ -1,5 +1,11 @@
-//! Multi-process tests of the ring: real writer processes (this test binary re-executed as
-//! `writer_child`) and real reader processes (`edgeplex ring cat --meta --hash`), on tmpfs.
+//! Multi-process tests of the ring: real writer processes (this test binary re-executed with
+//! its hidden `ring-writer` subcommand, see [`main`]) and real reader processes (`edgeplex ring
+//! cat --meta --hash`), on tmpfs.
+//!
+//! This file is a `harness = false` test (Cargo.toml) run by `libtest-mimic`: its `main` either
+//! runs the tests (the same command-line options and output as libtest) or, started as
+//! `ring_processes ring-writer`, is a writer process. So the writer's body is a program, not a
+//! test that passes by doing nothing when it is not a child.
 //!
 //! Coordination is by observable events, never by sleeping: a writer child prints protocol
 //! lines (`EDGEPLEX> ready ...`, `published head=N`, `mid-message seq=N`) and takes commands on
@@ -23,12 +29,52 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::tools;
 use common::*;
 use edgeplex::ring::layout::{self, desc, off};
 use edgeplex::ring::{self, CreateOptions, Reader, RingError, RingSpec, Start, StreamKind, Writer};
 
 // ---------------------------------------------------------------------------------------------
-// The writer child
+// The test runner, and the writer subcommand
+// ---------------------------------------------------------------------------------------------
+
+/// `ring_processes ring-writer`: be a writer process ([`ring_writer`]). Anything else: run the
+/// tests, with libtest's options (`--list`, a name filter, `--exact`, `--test-threads`, ...).
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some(WRITER_SUBCOMMAND) {
+        ring_writer();
+        return;
+    }
+    macro_rules! trials {
+        ($($name:ident),* $(,)?) => {
+            vec![$(libtest_mimic::Trial::test(stringify!($name), || {
+                $name();
+                Ok(())
+            })),*]
+        };
+    }
+    let tests = trials![
+        four_readers_see_every_message_in_order,
+        free_running_readers_account_exactly_for_losses,
+        stopped_reader_loses_messages_but_never_blocks_the_writer,
+        delayed_reader_loses_oldest_messages_and_counts_them,
+        late_readers_start_where_they_asked,
+        writer_killed_mid_message_and_restarted,
+        geometry_change_while_readers_run,
+        read_only_file_and_read_only_mount,
+        create_options_set_mode_and_group,
+        disk_directory_is_refused_unless_allowed,
+        second_writer_is_refused_while_the_first_lives,
+        torn_reads_are_detected_across_processes,
+        torn_messages_are_counted_once,
+        lapped_readers_never_pass_a_torn_payload_as_intact,
+        cat_flushes_each_line_before_it_waits,
+    ];
+    libtest_mimic::run(&libtest_mimic::Arguments::from_args(), tests).exit();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer process
 // ---------------------------------------------------------------------------------------------
 
 fn spec(slots: u32, slot_size: u64) -> RingSpec {
@@ -77,19 +123,15 @@ fn publish_one(w: &mut Writer, epoch: u64, max_len: usize) {
     }
 }
 
-/// Not a test: the body of a writer child process. Returns at once unless this binary was
-/// started by [`spawn_writer`]. Commands on stdin, one per line:
+/// The body of a writer process ([`spawn_writer`] starts this binary as `ring_processes
+/// ring-writer` with its geometry in the environment). Commands on stdin, one per line:
 ///
 /// - `publish N PACE_US`: publish N messages, sleeping PACE_US between them; prints
 ///   `published head=H`.
 /// - `poison`: lend the next slot, fill the first half of it with [`POISON`], print
 ///   `mid-message seq=N`, and hang there (the test SIGKILLs it).
 /// - `exit` or end of input: drop the writer (a clean stop), print `exited`.
-#[test]
-fn writer_child() {
-    if std::env::var(env::ROLE).as_deref() != Ok("writer") {
-        return;
-    }
+fn ring_writer() {
     let path = PathBuf::from(std::env::var(env::PATH).expect("path"));
     let spec = spec(env_num(env::SLOTS), env_num(env::SLOT_SIZE));
     let max_len: usize = env_num(env::MAX_LEN);
@@ -183,7 +225,6 @@ fn seqs(range: std::ops::Range<u64>) -> Vec<u64> {
 /// One writer and four `ring cat` processes: every reader gets every message, in order, with
 /// exactly the payload published, and loses none (the writer never runs more than half a
 /// ring ahead of the slowest reader; see the module docs).
-#[test]
 fn four_readers_see_every_message_in_order() {
     let dir = shm_dir();
     let path = ring_path(&dir, "cam");
@@ -239,7 +280,6 @@ fn four_readers_see_every_message_in_order() {
 /// A free-running writer over a small ring and four readers (two of them slowed down): readers
 /// lose messages, and account for every one of them exactly; every intact message they do get
 /// is exactly what was published.
-#[test]
 fn free_running_readers_account_exactly_for_losses() {
     let dir = shm_dir();
     let path = ring_path(&dir, "fast");
@@ -276,7 +316,7 @@ fn free_running_readers_account_exactly_for_losses() {
     let mut lost_somewhere = false;
     for r in &mut readers {
         let out = finish_cat(r);
-        let c = check_stream(&out, 0, &expect, Accounting::TornMayCountTwice);
+        let c = check_stream(&out, 0, &expect, Accounting::Exact);
         assert_eq!(c.end.cursor, M, "{}: did not reach the head", r.name);
         assert_eq!(
             out.seqs().last(),
@@ -301,7 +341,6 @@ fn free_running_readers_account_exactly_for_losses() {
 
 /// SIGSTOP a reader, have the writer publish everything while it is stopped, SIGCONT it: it
 /// reports exactly the messages the writer lapped as lost and delivers the rest intact.
-#[test]
 fn stopped_reader_loses_messages_but_never_blocks_the_writer() {
     let dir = shm_dir();
     let path = ring_path(&dir, "stall");
@@ -361,7 +400,6 @@ fn stopped_reader_loses_messages_but_never_blocks_the_writer() {
 }
 
 /// A reader slowed down with `--delay-ms` loses the oldest messages and counts them.
-#[test]
 fn delayed_reader_loses_oldest_messages_and_counts_them() {
     let dir = shm_dir();
     let path = ring_path(&dir, "delay");
@@ -393,7 +431,7 @@ fn delayed_reader_loses_oldest_messages_and_counts_them() {
         &out,
         0,
         &Expect::new(&[(epoch, cfg.max_len)]),
-        Accounting::TornMayCountTwice,
+        Accounting::Exact,
     );
     assert_eq!(c.end.cursor, M);
     assert!(
@@ -412,7 +450,6 @@ fn delayed_reader_loses_oldest_messages_and_counts_them() {
 /// Readers attaching to a ring that already holds M messages (writer idle): `--from oldest`
 /// starts at exactly `M - (slot_count - 1)`, `--from newest` at `M - 1`, and `--from next`
 /// gets only what is published after it attached.
-#[test]
 fn late_readers_start_where_they_asked() {
     let dir = shm_dir();
     let path = ring_path(&dir, "late");
@@ -481,7 +518,6 @@ fn late_readers_start_where_they_asked() {
 /// the new writer continues the sequence with the next epoch, and readers that ran throughout
 /// (and one that attached between the kill and the restart) never see the poison, never
 /// reopen, and lose nothing.
-#[test]
 fn writer_killed_mid_message_and_restarted() {
     let dir = shm_dir();
     let path = ring_path(&dir, "restart");
@@ -591,7 +627,6 @@ fn writer_killed_mid_message_and_restarted() {
 /// one "reopened" event, message numbers continue, payloads intact, clean exit (no SIGBUS).
 /// A reader stopped through all of it first drains what the retired file still holds, then
 /// follows, and counts exactly what it missed in each file.
-#[test]
 fn geometry_change_while_readers_run() {
     let dir = shm_dir();
     let path = ring_path(&dir, "geo");
@@ -787,7 +822,6 @@ fn cat_as(name: &str, prefix: &[&str], path: &Path) -> CatOut {
 
 /// A ring file chmod 0444 is readable by `ring cat` (as root, and as an unprivileged user for
 /// whom read permission is the only way in), and so is a ring behind a read-only bind mount.
-#[test]
 fn read_only_file_and_read_only_mount() {
     let dir = shm_dir();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -824,7 +858,7 @@ fn read_only_file_and_read_only_mount() {
             &path,
         ));
     } else {
-        eprintln!("note: setpriv cannot drop privileges here; 0444 checked as this user only");
+        tools::missing("setpriv that can drop privileges (util-linux, as root): 0444 checked as this user only");
     }
 
     let unshare_ok = Command::new("unshare")
@@ -832,8 +866,9 @@ fn read_only_file_and_read_only_mount() {
         .status()
         .is_ok_and(|s| s.success());
     if !unshare_ok {
-        eprintln!("note: unshare -m is not permitted here; read-only bind mount check skipped");
-        return;
+        return tools::missing(
+            "permission for `unshare -m` (util-linux, as root): the read-only bind mount check",
+        );
     }
     let d = dir.path().display().to_string();
     let script = format!(
@@ -848,11 +883,11 @@ fn read_only_file_and_read_only_mount() {
     let mut p = Proc::spawn("reader (ro bind mount)", cmd);
     let status = p.wait();
     if status.code() == Some(97) {
-        eprintln!(
-            "note: mount --bind is not permitted here; read-only bind mount check skipped: {}",
-            p.stderr()
-        );
-        return;
+        return tools::missing(&format!(
+            "permission for `mount --bind` in a mount namespace: the read-only bind mount \
+             check ({})",
+            p.stderr().trim()
+        ));
     }
     assert!(status.success(), "{status:?}: {}", p.stderr());
     check(CatOut::parse(&p.name, &p.seen));
@@ -860,7 +895,6 @@ fn read_only_file_and_read_only_mount() {
 
 /// `CreateOptions { mode, group }` gives the file exactly that mode (not narrowed by the
 /// umask) and group, and that group is what lets an unprivileged reader in.
-#[test]
 fn create_options_set_mode_and_group() {
     let dir = shm_dir();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -873,8 +907,7 @@ fn create_options_set_mode_and_group() {
     let mut w = match Writer::open(&path, &spec(4, 256), &opts) {
         Ok(w) => w,
         Err(RingError::PermissionDenied { .. }) if !i_am_root() => {
-            eprintln!("note: not root and not in group 65534; group check skipped");
-            return;
+            return tools::missing("root, or membership of group 65534: the group check");
         }
         Err(e) => panic!("Writer::open with mode 0640, group 65534: {e}"),
     };
@@ -902,8 +935,9 @@ fn create_options_set_mode_and_group() {
     drop(w2);
 
     if !setpriv_available() {
-        eprintln!("note: setpriv cannot drop privileges here; reader-side group check skipped");
-        return;
+        return tools::missing(
+            "setpriv that can drop privileges (util-linux, as root): the reader-side group check",
+        );
     }
     let out = cat_as(
         "reader (gid 65534)",
@@ -940,7 +974,6 @@ fn create_options_set_mode_and_group() {
 
 /// A ring directory on a disk filesystem is refused with `NotTmpfs` (mentioning tmpfs, and
 /// leaving nothing behind), unless `allow_disk` is set.
-#[test]
 fn disk_directory_is_refused_unless_allowed() {
     let base = [
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
@@ -990,7 +1023,6 @@ fn disk_directory_is_refused_unless_allowed() {
 /// While a writer process holds a ring, another `Writer::open` is refused with `WriterActive`
 /// (naming that pid), whatever geometry it asks for, and the file is left alone. Once the
 /// writer has stopped, the next one takes over and continues.
-#[test]
 fn second_writer_is_refused_while_the_first_lives() {
     let dir = shm_dir();
     let path = ring_path(&dir, "one");
@@ -1037,18 +1069,141 @@ fn second_writer_is_refused_while_the_first_lives() {
 // Torn messages
 // ---------------------------------------------------------------------------------------------
 
-/// Two readers of a 2-slot ring of ~1 MiB messages from an unpaced writer: the writer laps
-/// them while they hash, so many messages come out torn. Every message reported intact must
-/// still be exactly what was published. Returns the outputs, what to expect of them, and the
-/// number of torn messages.
-fn torn_stress(name: &str) -> (Expect, Vec<CatOut>, u64) {
+/// A writer of ~1 MiB messages into 2 slots: readers still hashing or writing out a message
+/// when the writer comes round again are lapped.
+const LAPPED: WriterCfg = WriterCfg {
+    slots: 2,
+    slot_size: 1 << 20,
+    max_len: 1 << 20,
+};
+
+/// The number of the syscall process `pid` is blocked in, and its first argument.
+fn blocked_in(pid: u32) -> Option<(i64, u64)> {
+    let sc = fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    let mut f = sc.split_whitespace();
+    let nr = f.next()?.parse().ok()?; // "running" does not parse
+    let arg0 = u64::from_str_radix(f.next()?.trim_start_matches("0x"), 16).ok()?;
+    Some((nr, arg0))
+}
+
+/// A message the writer overwrites while a reader process is still using it is reported torn.
+/// `ring cat` (raw output) is made to stop in the middle of message 0, blocked writing its
+/// ~1 MiB payload into a pipe this test does not read yet (a pipe holds 64 KiB); the writer
+/// process then laps it and overwrites message 0's slot. When the pipe is drained, `ring cat`
+/// finishes the message, finds it torn, and says so; the bytes it wrote are not what was
+/// published.
+fn torn_reads_are_detected_across_processes() {
     let dir = shm_dir();
-    let path = ring_path(&dir, name);
+    let path = ring_path(&dir, "torn-detect");
+    let cfg = LAPPED;
+    let mut w = spawn_writer("writer", &path, cfg);
+    let epoch = w.expect("ready").u64("epoch");
+    w.send("publish 1 0");
+    assert_eq!(w.expect("published").u64("head"), 1);
+    let published = payload(0, epoch, cfg.max_len);
+    assert!(
+        published.len() > 64 << 10,
+        "message 0 must not fit in a pipe"
+    );
+
+    let mut cat = edgeplex()
+        .args(["ring", "cat"])
+        .arg(&path)
+        .args(["--from", "oldest", "--count", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ring cat");
+    let pid = cat.id();
+    wait_until("ring cat to block writing message 0 to its stdout", || {
+        if let Some(status) = cat.try_wait().expect("try_wait") {
+            panic!("ring cat exited ({status}) instead of blocking on its full stdout pipe");
+        }
+        blocked_in(pid) == Some((libc::SYS_write, 1))
+    });
+    w.send("publish 2 0");
+    assert_eq!(w.expect("published").u64("head"), 3);
+    let info = ring::inspect(&path).expect("inspect");
+    assert_eq!(info.head, 3, "message 2 is in message 0's slot");
+
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut cat.stdout.take().expect("stdout"), &mut out)
+        .expect("read ring cat's stdout");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut cat.stderr.take().expect("stderr"), &mut err)
+        .expect("read ring cat's stderr");
+    let status = common::wait::wait_exit("ring cat", &mut cat, WATCHDOG);
+    assert!(status.success(), "ring cat: {status:?}: {err}");
+    assert_eq!(
+        out.len(),
+        published.len(),
+        "the descriptor's length was kept"
+    );
+    assert_ne!(
+        out, published,
+        "message 0 was overwritten while it was written out"
+    );
+    assert!(
+        err.contains("overwritten while being written out"),
+        "ring cat wrote a message the writer overwrote meanwhile, and did not say it was \
+         torn; its stderr:\n{err}"
+    );
+    w.send("exit");
+    w.wait_success();
+}
+
+/// A torn message (handed out, then found overwritten) is one message: it counts once, as
+/// lost, so that `delivered + lost` is the number of messages the reader went through. The
+/// reader (in this process) holds message 0 while the writer process laps it.
+fn torn_messages_are_counted_once() {
+    let dir = shm_dir();
+    let path = ring_path(&dir, "torn-count");
     let cfg = WriterCfg {
-        slots: 2,
-        slot_size: 1 << 20,
-        max_len: 1 << 20,
+        slots: 4,
+        slot_size: 256,
+        max_len: 256,
     };
+    let mut w = spawn_writer("writer", &path, cfg);
+    w.expect("ready");
+    w.send("publish 1 0");
+    w.expect("published");
+    let mut r = Reader::open(&path, Start::Oldest).expect("open a reader");
+    let ring::Recv::Message(m) = r.try_next().expect("read") else {
+        panic!("message 0 is there to read")
+    };
+    assert_eq!(m.seq(), 0);
+    // Messages 1-4: message 4 goes into message 0's slot.
+    w.send(&format!("publish {} 0", cfg.slots));
+    assert_eq!(w.expect("published").u64("head"), 5);
+    assert!(!m.finish(), "message 0 was overwritten while held");
+    assert_eq!(
+        (r.delivered(), r.lost(), r.cursor()),
+        (0, 1, 1),
+        "after the torn message: delivered, lost, cursor"
+    );
+    // Message 1 is gone too (3 messages are retained); 2, 3 and 4 are intact.
+    let mut seqs = Vec::new();
+    while let ring::Recv::Message(m) = r.try_next().expect("read") {
+        seqs.push((m.seq(), m.lost_before()));
+        assert!(m.finish(), "message {} is intact", seqs.last().unwrap().0);
+    }
+    assert_eq!(seqs, [(2, 1), (3, 0), (4, 0)]);
+    assert_eq!(
+        (r.delivered(), r.lost(), r.cursor()),
+        (3, 2, 5),
+        "delivered + lost must be the 5 messages the reader went through, the torn one once"
+    );
+    w.send("exit");
+    w.wait_success();
+}
+
+/// Two readers of a 2-slot ring of ~1 MiB messages from an unpaced writer: the writer laps
+/// them while they hash, so they lose messages and some come out torn. Every message reported
+/// intact must still be exactly what was published, and the accounting stays exact.
+fn lapped_readers_never_pass_a_torn_payload_as_intact() {
+    let dir = shm_dir();
+    let path = ring_path(&dir, "torn-stress");
+    let cfg = LAPPED;
     const M: u64 = 200;
     let mut w = spawn_writer("writer", &path, cfg);
     let epoch = w.expect("ready").u64("epoch");
@@ -1063,47 +1218,22 @@ fn torn_stress(name: &str) -> (Expect, Vec<CatOut>, u64) {
     w.send(&format!("publish {M} 0"));
     assert_eq!(w.expect("published").u64("head"), M);
     let expect = Expect::new(&[(epoch, cfg.max_len)]);
-    let mut torn = 0;
-    let outs = readers
-        .iter_mut()
-        .map(|r| {
-            let out = finish_cat(r);
-            let c = check_stream(&out, 0, &expect, Accounting::TornMayCountTwice);
-            assert_eq!(c.end.cursor, M);
-            torn += c.torn;
-            out
-        })
-        .collect();
+    let (mut torn, mut lost) = (0, 0);
+    for r in &mut readers {
+        let out = finish_cat(r);
+        let c = check_stream(&out, 0, &expect, Accounting::Exact);
+        assert_eq!(c.end.cursor, M);
+        torn += c.torn;
+        lost += c.end.lost;
+    }
+    eprintln!("lapped readers: {lost} messages lost, {torn} of them torn");
+    // Hashing 1 MiB takes the readers longer than the writer takes to fill one.
+    assert!(
+        lost > 0,
+        "the writer never lapped a reader: nothing was exercised"
+    );
     w.send("exit");
     w.wait_success();
-    (expect, outs, torn)
-}
-
-/// Under constant lapping, the seqlock catches torn payloads across processes: no message
-/// reported intact has a payload other than the one published.
-#[test]
-fn torn_reads_are_detected_across_processes() {
-    let (_, _, torn) = torn_stress("torn-detect");
-    eprintln!("torn messages detected: {torn}");
-}
-
-/// A torn message (handed out, then found overwritten: `intact: false`) is one message: the
-/// end line must count it once, so that `delivered + lost` is the number of messages the
-/// reader went through.
-#[test]
-fn torn_messages_are_counted_once() {
-    for attempt in 0..3 {
-        let (expect, outs, torn) = torn_stress(&format!("torn-count{attempt}"));
-        if torn == 0 {
-            eprintln!("attempt {attempt}: no torn message; trying again");
-            continue;
-        }
-        for out in &outs {
-            check_stream(out, 0, &expect, Accounting::Exact);
-        }
-        return;
-    }
-    eprintln!("note: no torn message in 3 attempts; nothing to check");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1112,7 +1242,6 @@ fn torn_messages_are_counted_once() {
 
 /// `ring cat` that has printed a message and is now waiting for the next one has flushed that
 /// line: a consumer of a slow stream (a 1 Hz sensor) sees each message when it arrives.
-#[test]
 fn cat_flushes_each_line_before_it_waits() {
     let dir = shm_dir();
     let path = ring_path(&dir, "slow");

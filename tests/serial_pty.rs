@@ -15,6 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use common::wait::{try_wait_for, wait_for};
 use edgeplex::ring::layout::{FLAG_CAPTURE_REALTIME, FLAG_TRUNCATED};
 use edgeplex::ring::{self, CreateOptions, Reader, Recv, Start};
 use edgeplex::shutdown::Shutdown;
@@ -174,14 +175,8 @@ impl Stream {
     }
 
     fn wait_health(&self, what: &str, done: impl Fn(&StreamHealth) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !done(&self.health) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {:?}",
-                self.health.snapshot()
-            );
-            thread::sleep(Duration::from_millis(5));
+        if try_wait_for(WAIT, || done(&self.health).then_some(())).is_none() {
+            panic!("timed out waiting for {what}: {:?}", self.health.snapshot());
         }
     }
 
@@ -446,11 +441,9 @@ fn fixed_records_and_a_partial_one_counted_at_stop() {
     }
     assert_eq!(at, input.len());
     s.wait_for("5 records, and the tail read", |s| s.got.len() == 5);
-    let deadline = Instant::now() + WAIT;
-    while pty.unread() > 0 {
-        assert!(Instant::now() < deadline, "the agent did not read the tail");
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_for("the agent to read the tail", WAIT, || {
+        (pty.unread() == 0).then_some(())
+    });
     assert_eq!(s.payloads(), input[..60].chunks(12).collect::<Vec<_>>());
     assert_eq!(s.dropped(), 0);
     // The 7 bytes of a record that never completed are counted when the stream stops.
@@ -500,14 +493,9 @@ fn a_vanished_port_is_reopened_and_resumes_the_same_ring() {
     pty1.send(a);
     written += a.len();
     s.wait_for("A1 and A2", |s| s.got.len() == 2);
-    let deadline = Instant::now() + WAIT;
-    while pty1.unread() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not read the partial line"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_for("the agent to read the partial line", WAIT, || {
+        (pty1.unread() == 0).then_some(())
+    });
 
     // Unplug: the master closes, the slave hangs up and its /dev/pts node disappears.
     let Pty {

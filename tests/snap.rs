@@ -9,13 +9,16 @@
 //!   message and leave the previous file alone.
 //! - `meta/snap.yaml` (generated here from snapcraft.yaml) plus the built binary and the hook are
 //!   packed with `snap pack`, and `unsquashfs -l` must list them. That needs Debian's `snapd` and
-//!   `squashfs-tools` (no running snapd); without them the test says so and returns, and with
-//!   `CI` set it fails.
+//!   `squashfs-tools` (no running snapd); without them the test says so and returns, and in CI
+//!   it fails (`common::tools`).
+
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use common::tools;
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeplex");
@@ -485,22 +488,13 @@ fn snap_yaml(y: &Value) -> Value {
     })
 }
 
-fn tool(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .chain(["/usr/bin", "/usr/sbin", "/sbin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
 #[test]
 fn snap_pack_builds_a_listable_snap() {
-    let (Some(snap), Some(unsquashfs)) = (tool("snap"), tool("unsquashfs")) else {
-        let msg =
-            "snap pack test needs `snap` and `unsquashfs` (apt-get install snapd squashfs-tools)";
-        assert!(std::env::var_os("CI").is_none(), "{msg}");
-        eprintln!("skipped: {msg}");
+    let install = "apt-get install snapd squashfs-tools; .ci/run does";
+    let (Some(snap), Some(unsquashfs)) = (
+        tools::require("snap", install),
+        tools::require("unsquashfs", install),
+    ) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -7,8 +7,9 @@
 //! agree on the object, on who owns which field, and on conflicts.
 //!
 //! Needs Go and that package (`.ci/run` installs them); without them the tests say so and return,
-//! and in CI (`CI` set) they fail.
+//! and in CI they fail (`common::tools`).
 
+mod common;
 mod kube_api;
 
 use std::io::Write;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+use common::tools;
 use kube_api::store::{self, PatchType, Store, Target};
 use serde_json::{json, Value};
 
@@ -204,18 +206,17 @@ fn run_store(steps: &[Step]) -> Vec<Outcome> {
     out
 }
 
-const MISSING: &str = "needs Go and structured-merge-diff: apt-get install golang-go golang-k8s-sigs-structured-merge-diff-dev (.ci/run does)";
+const MISSING: &str = "Go and structured-merge-diff: apt-get install golang-go golang-k8s-sigs-structured-merge-diff-dev (.ci/run does)";
 
 /// The Go driver, built once per test run; `None` (said once) when Go or the library is not
-/// installed, outside CI. In CI (`CI` set) their absence fails the test.
+/// installed, outside CI. In CI their absence fails the test (`common::tools`).
 fn driver() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
     BIN.get_or_init(|| {
         let debian = Path::new("/usr/share/gocode/src/sigs.k8s.io/structured-merge-diff");
         let go = Command::new("go").arg("version").output();
         if !debian.is_dir() || !go.is_ok_and(|o| o.status.success()) {
-            assert!(std::env::var_os("CI").is_none(), "{MISSING}");
-            eprintln!("skipped: {MISSING}");
+            tools::missing(MISSING);
             return None;
         }
         let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smd");

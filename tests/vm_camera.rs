@@ -28,6 +28,7 @@
 //!
 //! Without UART traffic `h.run_vm(BODY, &[Path::new(EDGEPLEX)])` does start + wait in one call.
 
+mod common;
 mod vm;
 
 use std::io::Write;

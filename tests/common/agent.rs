@@ -1,4 +1,5 @@
-//! A real `edgeplex run` agent for the Kubernetes tests: its sysfs power fixture, its config
+//! A real `edgeplex run` agent for the Kubernetes tests: its sysfs power fixture
+//! ([`super::power::Sysfs`]), its config
 //! pointed at a test API server's kubeconfig, its ring directory on tmpfs, and its log.
 
 use std::fs;
@@ -6,86 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-/// A `/sys/class/power_supply` lookalike: supplies live under `devices/` and the class
-/// directory holds symlinks to them, as in real sysfs.
-pub struct Sysfs {
-    dir: tempfile::TempDir,
-}
-
-impl Sysfs {
-    /// An empty class directory.
-    pub fn empty() -> Sysfs {
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::create_dir_all(dir.path().join("class/power_supply")).expect("mkdir class");
-        fs::create_dir_all(dir.path().join("devices")).expect("mkdir devices");
-        Sysfs { dir }
-    }
-
-    /// A laptop-like node: battery `BAT0` discharging at 80 % and mains `AC` offline.
-    pub fn on_battery() -> Sysfs {
-        let s = Sysfs::empty();
-        s.battery("Discharging", 80, 40_000_000);
-        s.mains(false);
-        s
-    }
-
-    /// The class directory (what `power.sysfs_root` names).
-    pub fn root(&self) -> PathBuf {
-        self.dir.path().join("class/power_supply")
-    }
-
-    /// Create or update a supply's attributes. Each is written whole (write, then rename), so a
-    /// reader never sees half a value; sysfs values end in a newline.
-    pub fn supply(&self, name: &str, attrs: &[(&str, &str)]) {
-        let dev = self.dir.path().join("devices").join(name);
-        if !dev.exists() {
-            fs::create_dir_all(&dev).expect("mkdir supply");
-            std::os::unix::fs::symlink(&dev, self.root().join(name)).expect("symlink");
-        }
-        for (attr, value) in attrs {
-            let tmp = dev.join(format!(".{attr}.tmp"));
-            fs::write(&tmp, format!("{value}\n")).expect("write attribute");
-            fs::rename(&tmp, dev.join(attr)).expect("rename attribute");
-        }
-    }
-
-    /// The directory of supply `name` (the class entry's target).
-    pub fn device(&self, name: &str) -> PathBuf {
-        self.dir.path().join("devices").join(name)
-    }
-
-    /// Remove one attribute of a supply.
-    pub fn remove(&self, name: &str, attr: &str) {
-        fs::remove_file(self.dir.path().join("devices").join(name).join(attr))
-            .expect("remove attribute");
-    }
-
-    /// Battery `BAT0` (ACPI style, energy in µWh, 50 Wh full).
-    pub fn battery(&self, status: &str, capacity: u32, energy_uwh: u64) {
-        self.supply(
-            "BAT0",
-            &[
-                ("type", "Battery"),
-                ("present", "1"),
-                ("energy_full", "50000000"),
-                ("energy_now", &energy_uwh.to_string()),
-                ("capacity", &capacity.to_string()),
-                ("status", status),
-            ],
-        );
-    }
-
-    /// Mains supply `AC`.
-    pub fn mains(&self, online: bool) {
-        self.supply(
-            "AC",
-            &[
-                ("type", "Mains"),
-                ("online", if online { "1" } else { "0" }),
-            ],
-        );
-    }
-}
+use super::power::Sysfs;
 
 /// What differs between the agents of the Kubernetes tests.
 #[derive(Debug, Clone)]

@@ -1,6 +1,15 @@
-//! Helpers shared by the ring integration tests: child processes under a watchdog, the
-//! deterministic payload pattern writers publish, parsing of `ring cat --meta` output, and
-//! `/proc` probes that tell when a reader process is parked on a ring's futex.
+//! The test-support library every integration test shares (`mod common;`):
+//!
+//! - [`tools`]: host tools a test needs, and the one rule when one is missing (skip outside CI,
+//!   fail in CI);
+//! - [`wait`]: waiting for a condition, bounded by a watchdog;
+//! - [`prom`]: reading the Prometheus text format;
+//! - [`power`]: the `/sys/class/power_supply` fixture;
+//! - [`agent`]: a real `edgeplex run` agent and `edgeplex failover` controller process;
+//! - [`rbac`]: the permissions the manifests grant, and those a recorded run of requests used;
+//! - here: child processes under a watchdog, the deterministic payload pattern test writers
+//!   publish, parsing of `ring cat --meta` output, and `/proc` probes that tell when a reader
+//!   process is parked on a ring's futex.
 //!
 //! Nothing here measures time: every wait is for an observable event (a line on a child's
 //! stdout, a child blocked in `FUTEX_WAIT`, a child's exit), and the only clocks are watchdogs
@@ -18,18 +27,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgeplex::ring::layout::off;
 use edgeplex::ring::Meta;
 
 pub mod agent;
+pub mod power;
+pub mod prom;
+pub mod rbac;
+pub mod tools;
+pub mod wait;
 
-/// How long any child process may live before its watchdog kills it and the test fails.
-pub const WATCHDOG: Duration = Duration::from_secs(60);
+/// How long any child process may live before its watchdog kills it and the test fails; also
+/// the limit of [`wait_until`].
+#[allow(unused_imports)] // each test crate uses a different subset
+pub use wait::{wait_until, WATCHDOG};
 
-/// Marker that starts every protocol line a writer child prints (libtest prints its own lines
-/// to the same stdout, and may put "test writer_child ... " in front of ours).
+/// Marker that starts every protocol line a writer process prints (so that nothing else on its
+/// stdout, a panic message say, is taken for one).
 pub const MARK: &str = "EDGEPLEX>";
 
 /// A fresh directory on tmpfs, removed when dropped.
@@ -637,13 +653,9 @@ pub struct Checked {
 /// How strictly [`check_stream`] holds the end totals to `delivered + lost == cursor - start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accounting {
-    /// Always. For runs in which the writer provably never laps a message being read (so no
-    /// message can be torn), and for the test that pins torn-message accounting.
+    /// Always: a torn message counts once, as lost (`torn_messages_are_counted_once` pins
+    /// it deterministically; free-running tests hold every stream to it too).
     Exact,
-    /// Also accept the current double count of torn messages (each one is in `delivered` and
-    /// in `lost`); `torn_messages_are_counted_once` pins that bug separately, so free-running
-    /// tests, where a torn read is possible but not certain, do not flake on it.
-    TornMayCountTwice,
 }
 
 /// Check one reader's stream against the writers' deterministic payloads and the accounting
@@ -737,7 +749,6 @@ pub fn check_stream(out: &CatOut, start: u64, expect: &Expect, acct: Accounting)
     let total = end.delivered + end.lost;
     let ok = match acct {
         Accounting::Exact => total == span,
-        Accounting::TornMayCountTwice => total == span || total == span + torn,
     };
     assert!(
         ok,
@@ -777,15 +788,6 @@ pub fn inode(path: &Path) -> u64 {
     std::fs::metadata(path).expect("stat").ino()
 }
 
-/// Poll `cond` every millisecond until it holds; panics after the watchdog period.
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < WATCHDOG, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// `key=value` fields of a writer's protocol line.
 #[derive(Debug, Clone, Default)]
 pub struct Fields(pub HashMap<String, String>);
@@ -809,16 +811,18 @@ impl Fields {
     }
 }
 
-/// Where the writer child of a test binary is told what to do.
+/// The hidden subcommand that makes the `ring_processes` test binary a writer process.
+pub const WRITER_SUBCOMMAND: &str = "ring-writer";
+
+/// Where a writer process is told what to do.
 pub mod env {
-    pub const ROLE: &str = "EDGEPLEX_TEST_ROLE";
     pub const PATH: &str = "EDGEPLEX_TEST_PATH";
     pub const SLOTS: &str = "EDGEPLEX_TEST_SLOTS";
     pub const SLOT_SIZE: &str = "EDGEPLEX_TEST_SLOT_SIZE";
     pub const MAX_LEN: &str = "EDGEPLEX_TEST_MAX_LEN";
 }
 
-/// Geometry and payload size of a writer child.
+/// Geometry and payload size of a writer process.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterCfg {
     pub slots: u32,
@@ -826,17 +830,15 @@ pub struct WriterCfg {
     pub max_len: usize,
 }
 
-/// Re-execute this test binary as a writer child (the `writer_child` test) on `path`.
+/// Start this test binary as a writer process (its [`WRITER_SUBCOMMAND`]) on `path`.
 pub fn spawn_writer(name: &str, path: &Path, cfg: WriterCfg) -> Proc {
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(exe);
-    cmd.args(["--exact", "writer_child", "--nocapture", "--test-threads=1"])
-        .env(env::ROLE, "writer")
+    cmd.arg(WRITER_SUBCOMMAND)
         .env(env::PATH, path)
         .env(env::SLOTS, cfg.slots.to_string())
         .env(env::SLOT_SIZE, cfg.slot_size.to_string())
-        .env(env::MAX_LEN, cfg.max_len.to_string())
-        .env_remove("RUST_TEST_THREADS");
+        .env(env::MAX_LEN, cfg.max_len.to_string());
     Proc::spawn(name, cmd)
 }
 

@@ -627,45 +627,8 @@ impl Cluster {
     }
 }
 
-/// Poll `f` every 10 ms until it returns `Some`, or give up (`None`) after `timeout`.
-pub fn try_wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Poll `f` every 10 ms until it returns `Some`, or panic after `timeout` naming `what`.
-/// A watchdog against hangs, never a timing assertion.
-pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
-    try_wait_for(timeout, f)
-        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
-}
-
-/// [`wait_for`] for async tests: yields to the runtime between polls.
-pub async fn wait_for_async<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+#[allow(unused_imports)] // each test crate uses a different subset
+pub use crate::common::wait::{try_wait_for, wait_for, wait_for_async};
 
 /// Wait until `node` is the only active node among `nodes`; returns when it was seen.
 pub async fn wait_active(

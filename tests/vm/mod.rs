@@ -11,8 +11,8 @@
 //! ```
 //!
 //! Tooling policy: when qemu, busybox-static, cpio or kmod is missing, or the kernel cannot be
-//! fetched, [`harness`] panics if the `CI` environment variable is set (non-empty) and otherwise
-//! prints why and returns `None`, so the test can return early.
+//! fetched, [`harness`] fails in CI and otherwise prints why and returns `None`, so the test can
+//! return early: `common::tools::missing`, the rule every test follows.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 use std::fs;
@@ -36,10 +36,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 
 const VM_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vm");
-
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
-}
 
 /// Where kernel, base initramfs and per-run directories live: `$EDGEPLEX_VM_CACHE`, else
 /// `target/tmp/vm` (Cargo's `CARGO_TARGET_TMPDIR`). Never inside the git tree.
@@ -76,19 +72,13 @@ pub fn harness() -> Option<&'static Harness> {
                     eprintln!("vm: build.sh ok in {build_time:.1?}");
                     Some(Harness { cache, build_time })
                 }
-                Some(2) if !in_ci() => {
-                    eprintln!(
-                        "vm: SKIPPING VM tests: the VM tooling is missing (this fails when CI is \
-                         set):\n{}",
+                Some(2) => {
+                    crate::common::tools::missing(&format!(
+                        "the VM tooling (tests/vm/README.md):\n{}",
                         log.trim_end()
-                    );
+                    ));
                     None
                 }
-                Some(2) => panic!(
-                    "vm: the VM tooling is missing and CI is set, so this fails instead of \
-                     skipping:\n{}",
-                    log.trim_end()
-                ),
                 other => panic!(
                     "vm: tests/vm/build.sh {} failed ({}):\n{log}",
                     cache.display(),

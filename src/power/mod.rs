@@ -8,9 +8,9 @@
 //! least-squares slope over a sliding window, else remaining energy over the median draw), and
 //! a [`PowerClass`] with hysteresis. [`PowerConfig`] holds the thresholds.
 //!
-//! It must not talk to Kubernetes, export metrics, spawn tasks or read the clock: the agent
-//! polls on its own task, passes the time in, and hands snapshots to the node publisher and
-//! the metrics. Holding a failover taint down after power returns is the publisher's job; this
+//! Its core (`sysfs`, `estimate`, `monitor`) must not talk to Kubernetes, export metrics,
+//! spawn threads or read the clock: [`watch`], the one part that does, samples it on its own
+//! thread, passes the time in, and hands snapshots to the node publisher and the metrics. Holding a failover taint down after power returns is the publisher's job; this
 //! module reports `Normal` as soon as external power is back.
 //!
 //! # Time to empty

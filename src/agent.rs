@@ -199,9 +199,9 @@ pub fn run(config: &Config, stop_after: Option<Duration>) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The ring path of stream `name` under `dir`.
+/// The ring path of stream `name` under `dir`: `<dir>/<name>/<name>.ring`.
 pub fn ring_path(dir: &Path, name: &str) -> std::path::PathBuf {
-    dir.join(format!("{name}.{}", ring::RING_SUFFIX))
+    ring::ring_path(dir, name)
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` for `streams` on `addr`, on the endpoint's own

@@ -83,7 +83,7 @@ use crate::ring::{self, layout, Reader, Recv, Start, StreamKind};
 /// `edgeplex export`
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Ring file to export, e.g. /dev/shm/snap.edgeplex.rings/cam0.ring.
+    /// Ring file to export, e.g. /dev/shm/snap.edgeplex.rings/cam0/cam0.ring.
     pub ring: PathBuf,
     /// Directory to write the files to (created if missing). Required.
     #[arg(long)]

@@ -15,11 +15,7 @@ use crate::ring::{self, layout, HeaderInfo, Reader, Recv, Start};
 
 /// `edgeplex ring ls DIR`
 pub fn ls(dir: &Path, json: bool) -> anyhow::Result<()> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| ring::RingError::io("list", dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == ring::RING_SUFFIX))
-        .collect();
+    let mut paths = find_rings(dir)?;
     paths.sort();
     let now = ring::realtime_ns();
     let mut out = io::stdout().lock();
@@ -80,9 +76,36 @@ pub fn ls(dir: &Path, json: bool) -> anyhow::Result<()> {
         }
     }
     if paths.is_empty() && !json {
-        eprintln!("no *.ring files in {}", dir.display());
+        eprintln!("no <stream>/<stream>.ring files in {}", dir.display());
     }
     Ok(())
+}
+
+/// The rings of a ring directory: `<dir>/<stream>/<stream>.ring` for every stream directory,
+/// plus any `<dir>/<stream>.ring` an agent from before per-stream directories left.
+fn find_rings(dir: &Path) -> Result<Vec<PathBuf>, ring::RingError> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| ring::RingError::io("list", dir, e))? {
+        let Ok(entry) = entry else { continue };
+        let path = entry.path();
+        // file_type does not follow symlinks: a symlinked stream directory is not listed.
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            let stream = entry.file_name();
+            let mut file = stream.clone();
+            file.push(".");
+            file.push(ring::RING_SUFFIX);
+            let candidate = path.join(file);
+            if candidate.exists() {
+                paths.push(candidate);
+            }
+        } else if path.extension().is_some_and(|x| x == ring::RING_SUFFIX) {
+            paths.push(path);
+        }
+    }
+    Ok(paths)
 }
 
 fn age(now: u64, then: u64) -> String {

@@ -85,7 +85,7 @@ pub enum RingError {
     },
     /// The path is not a regular file (a directory, a device, a FIFO).
     #[error(
-        "{path} is not a regular file, so not a ring; ring files are <ring_dir>/<stream>.ring"
+        "{path} is not a regular file, so not a ring; ring files are <ring_dir>/<stream>/<stream>.ring"
     )]
     NotAFile {
         /// The path.

@@ -1,7 +1,7 @@
 //! The single writer of a ring: creates, reopens or replaces the file, and publishes messages.
 
 use std::fs::{self, File, OpenOptions, Permissions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -67,6 +67,13 @@ impl Writer {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
+        // The stream's own directory (`<ring_dir>/<stream>/`): create it when missing.
+        match fs::DirBuilder::new().mode(0o755).create(dir) {
+            Ok(()) => fs::set_permissions(dir, Permissions::from_mode(0o755))
+                .map_err(|e| RingError::io("chmod", dir, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(RingError::io("create directory", dir, e)),
+        }
         if !opts.allow_disk && !super::is_memory_fs(dir)? {
             return Err(RingError::NotTmpfs {
                 dir: dir.to_path_buf(),

@@ -30,24 +30,13 @@ pub struct Agent {
 
 /// Check the ring directory before any stream starts, so a bad one is a config error (exit 64).
 pub fn prepare_ring_dir(config: &Config) -> Result<CreateOptions, ConfigError> {
-    let dir = &config.ring.dir;
-    std::fs::create_dir_all(dir).map_err(|e| {
-        ConfigError(format!(
-            "ring.dir = {:?}: cannot create it: {e}",
-            dir.display().to_string()
-        ))
-    })?;
-    if !config.ring.allow_disk {
-        match ring::is_memory_fs(dir) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(ConfigError(format!(
-                    "ring.dir = {:?} is not on tmpfs: frames would be written to storage; use /dev/shm/... or /run/..., or set ring.allow_disk = true",
-                    dir.display().to_string()
-                )))
-            }
-            Err(e) => return Err(ConfigError(format!("ring.dir: {e}"))),
-        }
+    // Created when missing; refused unless only this uid can write it (and on tmpfs).
+    let dir = ring::RingDir::create(&config.ring.dir, config.ring.allow_disk)
+        .map_err(|e| ConfigError(format!("ring.dir: {e}")))?;
+    match dir.sweep() {
+        Ok(0) => {}
+        Ok(freed) => tracing::info!(freed_bytes = freed, "removed leftover temporary ring files"),
+        Err(e) => tracing::warn!(error = %e, "cannot sweep the ring directory"),
     }
     Ok(CreateOptions {
         mode: config.ring_mode()?,

@@ -36,10 +36,11 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<ring::RingError>() {
         Some(ring::RingError::NotFound { .. })
         | Some(ring::RingError::Corrupt { .. })
-        | Some(ring::RingError::NotAFile { .. }) => EXIT_NOINPUT,
-        Some(ring::RingError::NotTmpfs { .. }) | Some(ring::RingError::BadSpec { .. }) => {
-            EXIT_CONFIG
-        }
+        | Some(ring::RingError::NotAFile { .. })
+        | Some(ring::RingError::NotAllocated { .. }) => EXIT_NOINPUT,
+        Some(ring::RingError::NotTmpfs { .. })
+        | Some(ring::RingError::BadSpec { .. })
+        | Some(ring::RingError::Untrusted { .. }) => EXIT_CONFIG,
         _ => 1,
     }
 }

@@ -757,8 +757,8 @@ fn live_writer_every_message_is_exported_or_counted() {
             .spawn()
             .expect("spawn edgeplex demo"),
     );
-    let cam = dir.path().join("cam0.ring");
-    let gps = dir.path().join("gps0.ring");
+    let cam = edgeplex::ring::ring_path(dir.path(), "cam0");
+    let gps = edgeplex::ring::ring_path(dir.path(), "gps0");
     let deadline = Instant::now() + Duration::from_secs(30);
     let head = |p: &Path| edgeplex::ring::inspect(p).map(|i| i.head).unwrap_or(0);
     while head(&cam) < 20 || head(&gps) < 2 {

@@ -54,6 +54,7 @@ macro_rules! trace_event {
     }};
 }
 
+mod dir;
 mod error;
 mod hash;
 pub mod layout;
@@ -65,11 +66,12 @@ mod writer;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+pub use dir::{effective_uid, RingDir};
 pub use error::RingError;
 pub use hash::fnv1a64;
 pub use layout::{Geometry, HeaderError, RingSpec, StreamKind, VideoFormat};
 pub use reader::{Message, Reader, Recv, Start};
-pub use sys::{monotonic_ns, realtime_ns};
+pub use sys::{exit_on_sigbus, monotonic_ns, realtime_ns};
 pub use writer::{CreateOptions, Meta, SlotLoan, Writer};
 
 /// File name suffix of ring files.

@@ -281,12 +281,85 @@ fn the_agent_sweeps_its_own_leftover_temporary_files_at_start() {
     assert!(theirs.exists(), "another user's file was removed");
 }
 
+/// A tmpfs of `size` mounted at a fresh directory (unmounted on drop), or `None` where this
+/// process may not mount (outside CI only: in CI the test must run).
+struct SmallTmpfs(tempfile::TempDir);
+
+impl SmallTmpfs {
+    fn mount(size: &str) -> Option<SmallTmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "cannot mount a tmpfs (needs root)"
+            );
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(SmallTmpfs(dir))
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// 4 slots of 16 KiB: a ring of 72 KiB.
+fn big_spec() -> RingSpec {
+    RingSpec {
+        slot_size: 16384,
+        ..spec("gps0")
+    }
+}
+
+const REOPEN_ROLE: &str = "EDGEPLEX_TEST_REOPEN";
+
+/// Child: reopen the ring at `$EDGEPLEX_TEST_REOPEN` and publish into every slot. Does nothing
+/// unless run as a child by the test below.
 #[test]
-fn reopening_a_sparse_ring_allocates_it_whole() {
-    use std::os::unix::fs::MetadataExt;
-    let d = shm_dir();
-    let path = ring::ring_path(d.path(), "gps0");
-    drop(Writer::open(&path, &spec("gps0"), &CreateOptions::default()).unwrap());
+fn reopen_child() {
+    let Some(path) = std::env::var_os(REOPEN_ROLE) else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    match Writer::open(&path, &big_spec(), &CreateOptions::default()) {
+        Ok(mut w) => {
+            for _ in 0..4 {
+                w.publish(&[1u8; 200], Default::default()).unwrap();
+            }
+            println!("REOPENED");
+        }
+        Err(e) => println!("REFUSED: {e}"),
+    }
+}
+
+/// On a full tmpfs, reopening a ring with holes (punched, or never allocated) must fail with a
+/// clear error, not kill the writer with SIGBUS at its first store into a hole.
+#[test]
+fn reopening_a_sparse_ring_on_a_full_tmpfs_is_an_error_not_sigbus() {
+    use std::io::Write;
+    use std::os::unix::process::ExitStatusExt;
+    let Some(fs) = SmallTmpfs::mount("256k") else {
+        return;
+    };
+    let path = ring::ring_path(fs.0.path(), "gps0");
+    drop(Writer::open(&path, &big_spec(), &CreateOptions::default()).unwrap());
     let size = std::fs::metadata(&path).unwrap().len();
     let st = std::process::Command::new("fallocate")
         .args(["--punch-hole", "--offset", "8192", "--length"])
@@ -295,14 +368,28 @@ fn reopening_a_sparse_ring_allocates_it_whole() {
         .status()
         .unwrap();
     assert!(st.success());
+    let mut filler = std::fs::File::create(fs.0.path().join("filler")).unwrap();
+    for _ in 0..1024 {
+        if filler.write_all(&[0u8; 4096]).is_err() {
+            break;
+        }
+    }
+    drop(filler);
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "reopen_child", "--nocapture", "--test-threads=1"])
+        .env(REOPEN_ROLE, &path);
+    let out = {
+        let mut child = Proc::spawn("reopen", cmd);
+        let status = child.wait();
+        assert_eq!(
+            status.signal(),
+            None,
+            "the writer died of a signal (SIGBUS)"
+        );
+        child.seen.join("\n")
+    };
     assert!(
-        std::fs::metadata(&path).unwrap().blocks() * 512 < size,
-        "the hole was punched"
-    );
-    let w = Writer::open(&path, &spec("gps0"), &CreateOptions::default()).expect("reopen");
-    assert_eq!(w.epoch(), 2, "reopened, not replaced");
-    assert!(
-        std::fs::metadata(&path).unwrap().blocks() * 512 >= size,
-        "reopen left holes a full tmpfs would turn into SIGBUS"
+        out.contains("REFUSED") && out.contains("no space"),
+        "child said: {out}"
     );
 }

@@ -393,3 +393,19 @@ fn reopening_a_sparse_ring_on_a_full_tmpfs_is_an_error_not_sigbus() {
         "child said: {out}"
     );
 }
+
+/// `RingDir::check_path` (for `run --check`) applies the same rules without creating anything.
+#[test]
+fn check_path_applies_the_same_rules_without_creating() {
+    let missing = Scratch::new("missing");
+    ring::RingDir::check_path(&missing.0, false).expect("a missing dir is created later");
+    assert!(!missing.0.exists(), "check_path created it");
+    let e = ring::RingDir::check_path(Path::new("/dev/shm"), false).unwrap_err();
+    assert!(e.to_string().contains("writable by group or others"), "{e}");
+    let owned = Scratch::new("checked");
+    as_attacker(&format!("mkdir -m 0755 {}", owned.0.display()));
+    let e = ring::RingDir::check_path(&owned.0, false).unwrap_err();
+    assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+    let mine = shm_dir();
+    ring::RingDir::check_path(mine.path(), false).expect("our own tmpfs dir passes");
+}

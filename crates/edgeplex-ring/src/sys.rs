@@ -264,40 +264,13 @@ impl Mem {
     /// that a concurrent store by the writer is a stale or torn value (caught by the seqlock
     /// afterwards), never a data race.
     pub fn copy_out(&self, off: u64, dst: &mut [u8]) {
-        const BIG: usize = 4096;
-        const SMALL: usize = 64;
         let off = self.check(off, dst.len() as u64, 1);
-        let mut done = 0;
-        while dst.len() - done >= BIG {
-            dst[done..done + BIG].copy_from_slice(&self.load_chunk::<BIG>(off + done));
-            done += BIG;
-        }
-        while dst.len() - done >= SMALL {
-            dst[done..done + SMALL].copy_from_slice(&self.load_chunk::<SMALL>(off + done));
-            done += SMALL;
-        }
-        for (i, b) in dst[done..].iter_mut().enumerate() {
-            *b = self.load_chunk::<1>(off + done + i)[0];
-        }
-    }
-
-    /// `N` bytes at `off` (in bounds: checked by the caller), loaded byte-wise atomically.
-    fn load_chunk<const N: usize>(&self, off: usize) -> [u8; N] {
-        debug_assert!(off + N <= self.len());
-        // SAFETY: `off + N` is within the mapping (the caller checked the whole range), the
-        // pointer is valid for reads for the mapping's life, and `[u8; N]` needs alignment 1.
-        // The bytes are initialised (file contents) and `u8` has no padding. Concurrent writes
-        // come from the writer process (plain stores the Rust memory model of this process
-        // cannot see); loads are atomic, so there is no data race in this process, and a torn
-        // result is detected by the seqlock.
-        let v = unsafe {
-            atomic_memcpy::atomic_load(
-                self.base().add(off) as *const [u8; N],
-                std::sync::atomic::Ordering::Relaxed,
-            )
-        };
-        // SAFETY: every byte of the result was copied from initialised memory (see above).
-        unsafe { v.assume_init() }
+        // SAFETY: `off + dst.len()` is within the mapping (checked), which is readable for as
+        // long as `self` lives; the bytes are initialised file contents. Concurrent writes come
+        // from the writer process (stores the Rust memory model of this process cannot see);
+        // the loads are atomic, so there is no data race here, and a torn copy is detected by
+        // the seqlock.
+        unsafe { atomic_copy(self.base().add(off), dst) }
     }
 
     /// A raw pointer to byte `off`, after checking that `len` bytes from it are in the mapping.
@@ -315,6 +288,50 @@ impl Mem {
         // to it meanwhile. Other processes (readers) only read; the writer holds the ring's
         // OFD lock, so no other writer maps it.
         unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off), len as usize) }
+    }
+}
+
+/// Copy `dst.len()` bytes from `src` with byte-wise atomic loads (crate `atomic-memcpy`): 4 KiB
+/// blocks, then 64-byte blocks, then single bytes.
+///
+/// # Safety
+/// `src` must be valid for reads of `dst.len()` initialised bytes for the whole call, and every
+/// concurrent write to them in this process must be atomic (`atomic_memcpy::atomic_store` or
+/// atomic stores of any width); writes by other processes are invisible to this process's
+/// memory model and are allowed.
+pub unsafe fn atomic_copy(src: *const u8, dst: &mut [u8]) {
+    /// `N` bytes at `src`, loaded byte-wise atomically.
+    ///
+    /// # Safety
+    /// As for `atomic_copy`, for `N` bytes.
+    unsafe fn chunk<const N: usize>(src: *const u8) -> [u8; N] {
+        // SAFETY: the caller guarantees `N` readable, initialised bytes; `[u8; N]` has
+        // alignment 1 and no padding.
+        let v = unsafe {
+            atomic_memcpy::atomic_load(src as *const [u8; N], std::sync::atomic::Ordering::Relaxed)
+        };
+        // SAFETY: every byte was copied from initialised memory.
+        unsafe { v.assume_init() }
+    }
+    const BIG: usize = 4096;
+    const SMALL: usize = 64;
+    let mut done = 0;
+    while dst.len() - done >= BIG {
+        // SAFETY: `done + BIG <= dst.len()`: within the range the caller vouched for.
+        let c = unsafe { chunk::<BIG>(src.add(done)) };
+        dst[done..done + BIG].copy_from_slice(&c);
+        done += BIG;
+    }
+    while dst.len() - done >= SMALL {
+        // SAFETY: `done + SMALL <= dst.len()`: within the range the caller vouched for.
+        let c = unsafe { chunk::<SMALL>(src.add(done)) };
+        dst[done..done + SMALL].copy_from_slice(&c);
+        done += SMALL;
+    }
+    while done < dst.len() {
+        // SAFETY: `done < dst.len()`: within the range the caller vouched for.
+        dst[done] = unsafe { chunk::<1>(src.add(done)) }[0];
+        done += 1;
     }
 }
 
@@ -365,4 +382,67 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
     }
     // SAFETY: _exit is async-signal-safe and does not return.
     unsafe { libc::_exit(SIGBUS_CODE.load(std::sync::atomic::Ordering::Relaxed)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seqlock::{self, StdFence};
+    use std::cell::UnsafeCell;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    /// One seqlock slot on the heap: what a ring slot is, minus the file.
+    struct Slot {
+        seq: AtomicU64,
+        bytes: UnsafeCell<[u8; 4096 + 64 + 3]>,
+    }
+
+    // SAFETY: `bytes` is only accessed with atomic_memcpy loads and stores.
+    unsafe impl Sync for Slot {}
+
+    /// The reader's copy against a concurrent writer, in one process, under the seqlock: run it
+    /// under miri (`cargo +nightly miri test -p edgeplex-ring atomic_copy`) to check that the
+    /// copy has no data race and no UB, and that a copy the seqlock validates is never torn. The
+    /// writer stores with `atomic_memcpy::atomic_store`, the in-process stand-in for a writer
+    /// in another process.
+    #[test]
+    fn atomic_copy_under_a_concurrent_writer_is_race_free_and_validated() {
+        const ROUNDS: u64 = if cfg!(miri) { 6 } else { 2000 };
+        let slot = Arc::new(Slot {
+            seq: AtomicU64::new(seqlock::complete(0)),
+            bytes: UnsafeCell::new([0; 4096 + 64 + 3]),
+        });
+        let writer = {
+            let slot = Arc::clone(&slot);
+            std::thread::spawn(move || {
+                for n in 1..=ROUNDS {
+                    seqlock::begin_write::<_, StdFence>(&slot.seq, n);
+                    let fill = [n as u8; 4096 + 64 + 3];
+                    // SAFETY: the slot's bytes are valid, aligned for [u8; N], and only ever
+                    // accessed atomically (this store, the reader's atomic loads).
+                    unsafe {
+                        atomic_memcpy::atomic_store(slot.bytes.get(), fill, Ordering::Relaxed)
+                    };
+                    seqlock::end_write(&slot.seq, n);
+                }
+            })
+        };
+        let mut intact = 0;
+        let mut out = vec![0u8; 4096 + 64 + 3];
+        for _ in 0..ROUNDS {
+            let seen = slot.seq.load(Ordering::Acquire);
+            if seen % 2 == 1 {
+                continue;
+            }
+            // SAFETY: the buffer is valid for its whole length; all writes to it are atomic.
+            unsafe { atomic_copy(slot.bytes.get() as *const u8, &mut out) };
+            if seqlock::read_validate::<_, StdFence>(&slot.seq, seen) {
+                intact += 1;
+                assert!(out.iter().all(|&b| b == out[0]), "a validated copy is torn");
+            }
+        }
+        writer.join().unwrap();
+        assert!(intact > 0 || cfg!(miri));
+    }
 }

@@ -84,26 +84,31 @@ pub struct Started<'a> {
     pub metrics: Option<SocketAddr>,
 }
 
+/// Check the ring directory as [`prepare_ring_dir`] would, without creating or changing
+/// anything (`run --check`): a missing directory must be creatable on tmpfs.
+pub fn check_ring_dir(config: &Config) -> Result<(), ConfigError> {
+    let dir = &config.ring.dir;
+    let bad = |e: ring::RingError| ConfigError(format!("ring.dir: {e}"));
+    ring::RingDir::check_path(dir, config.ring.allow_disk).map_err(bad)?;
+    if !dir.exists() && !config.ring.allow_disk {
+        if let Some(parent) = dir.parent().filter(|p| p.is_dir()) {
+            if !ring::is_memory_fs(parent).map_err(bad)? {
+                return Err(bad(ring::RingError::NotTmpfs { dir: dir.clone() }));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Check the ring directory before any stream starts, so a bad one is a config error (exit 64).
 pub fn prepare_ring_dir(config: &Config) -> Result<CreateOptions, ConfigError> {
-    let dir = &config.ring.dir;
-    std::fs::create_dir_all(dir).map_err(|e| {
-        ConfigError(format!(
-            "ring.dir = {:?}: cannot create it: {e}",
-            dir.display().to_string()
-        ))
-    })?;
-    if !config.ring.allow_disk {
-        match ring::is_memory_fs(dir) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(ConfigError(format!(
-                    "ring.dir = {:?} is not on tmpfs: frames would be written to storage; use /dev/shm/... or /run/..., or set ring.allow_disk = true",
-                    dir.display().to_string()
-                )))
-            }
-            Err(e) => return Err(ConfigError(format!("ring.dir: {e}"))),
-        }
+    // Created when missing; refused unless only this uid can write it (and on tmpfs).
+    let dir = ring::RingDir::create(&config.ring.dir, config.ring.allow_disk)
+        .map_err(|e| ConfigError(format!("ring.dir: {e}")))?;
+    match dir.sweep() {
+        Ok(0) => {}
+        Ok(freed) => tracing::info!(freed_bytes = freed, "removed leftover temporary ring files"),
+        Err(e) => tracing::warn!(error = %e, "cannot sweep the ring directory"),
     }
     Ok(CreateOptions {
         mode: config.ring.mode.bits(),
@@ -253,9 +258,9 @@ pub fn run(
     Ok(streams.iter().map(StreamHealth::snapshot).collect())
 }
 
-/// The ring path of stream `name` under `dir`.
+/// The ring path of stream `name` under `dir`: `<dir>/<name>/<name>.ring`.
 pub fn ring_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{name}.{}", ring::RING_SUFFIX))
+    ring::ring_path(dir, name)
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` for `streams` on `addr`, on the endpoint's own

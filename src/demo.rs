@@ -115,12 +115,12 @@ fn banner(args: &DemoArgs, config: &Config, started: &Started<'_>) {
         .unwrap_or_else(|_| "edgeplex".into());
     println!("edgeplex demo: publishing into {}", dir.display());
     println!(
-        "  cam0.ring  synthetic camera {}x{} YUYV at {} fps",
+        "  cam0/cam0.ring  synthetic camera {}x{} YUYV at {} fps",
         args.width & !1,
         args.height,
         args.fps
     );
-    println!("  gps0.ring  synthetic NMEA sensor at 10 Hz");
+    println!("  gps0/gps0.ring  synthetic NMEA sensor at 10 Hz");
     println!();
     println!("Read them from another terminal:");
     println!("  {me} ring ls {}", dir.display());

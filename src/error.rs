@@ -58,10 +58,13 @@ impl Error {
 /// is at fault.
 pub fn ring_exit_code(e: &RingError) -> u8 {
     match e {
-        RingError::NotFound { .. } | RingError::Corrupt { .. } | RingError::NotAFile { .. } => {
-            EXIT_NOINPUT
+        RingError::NotFound { .. }
+        | RingError::Corrupt { .. }
+        | RingError::NotAFile { .. }
+        | RingError::NotAllocated { .. } => EXIT_NOINPUT,
+        RingError::NotTmpfs { .. } | RingError::BadSpec { .. } | RingError::Untrusted { .. } => {
+            EXIT_CONFIG
         }
-        RingError::NotTmpfs { .. } | RingError::BadSpec { .. } => EXIT_CONFIG,
         _ => 1,
     }
 }

@@ -70,6 +70,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -83,7 +84,7 @@ use crate::ring::{self, layout, Reader, Recv, Start, StreamKind};
 /// `edgeplex export`
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Ring file to export, e.g. /dev/shm/snap.edgeplex.rings/cam0.ring.
+    /// Ring file to export, e.g. /dev/shm/snap.edgeplex.rings/cam0/cam0.ring.
     pub ring: PathBuf,
     /// Directory to write the files to (created if missing). Required.
     #[arg(long)]
@@ -103,6 +104,10 @@ pub struct ExportArgs {
     /// Retries per file after a failed upload attempt.
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
+    /// Total time one upload attempt may take (connect, send, response), in seconds: a server
+    /// that trickles its answer cannot hold an attempt longer. Then it counts as failed.
+    #[arg(long, default_value_t = 120.0, value_name = "SECONDS")]
+    pub attempt_timeout: f64,
     /// Output format: jsonl for samples, frames for video (auto picks by the ring's kind).
     #[arg(long, value_enum, default_value_t = Format::Auto)]
     pub format: Format,
@@ -273,6 +278,24 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
             "export: --since-last needs --state FILE to know where the last export stopped".into(),
         ));
     }
+    let attempt_timeout = Some(args.attempt_timeout)
+        .filter(|t| t.is_finite() && *t > 0.0 && *t <= 86_400.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            usage(format!(
+                "export: --attempt-timeout {} is not a number of seconds in (0, 86400]",
+                args.attempt_timeout
+            ))
+        })?;
+    crate::ring::exit_on_sigbus(
+        &format!(
+            "edgeplex: ring file {} was truncated while being exported (not by an edgeplex \
+             writer, which never truncates); the ring is not usable",
+            crate::ringtool::printable(&args.ring.to_string_lossy())
+        ),
+        crate::EXIT_NOINPUT,
+    )
+    .context("install the SIGBUS handler")?;
     let url = match &args.upload {
         Some(u) => Some(HttpUrl::parse(u).ok_or_else(|| {
             usage(format!(
@@ -405,7 +428,7 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
     let mut uploaded = 0u64;
     if let Some(url) = &url {
         for name in &files {
-            upload(url, &out_dir.join(name), name, args.retries).with_context(|| {
+            upload(url, &out_dir.join(name), name, args.retries, attempt_timeout).with_context(|| {
                 format!(
                     "upload of {name} to {} failed; the state is unchanged, so the next run retries this window",
                     args.upload.as_deref().unwrap_or_default()
@@ -488,12 +511,28 @@ fn lock_state(path: &Path) -> anyhow::Result<File> {
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create state directory {}", dir.display()))?;
     }
+    // Never through a symlink, and only a lock file of our own: in a shared directory another
+    // user must not make this create a file elsewhere, nor hold our lock.
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&lock_path)
-        .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot open lock file {} (a symlink is refused)",
+                lock_path.display()
+            )
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.uid() != crate::ring::effective_uid() {
+        anyhow::bail!(
+            "lock file {} is not a regular file of this user (uid {}); remove it, or keep the state file in a directory only you can write",
+            lock_path.display(),
+            meta.uid()
+        );
+    }
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
@@ -523,6 +562,13 @@ fn load_state(path: &Path) -> anyhow::Result<Option<ExportState>> {
             path.display()
         ))
     })?;
+    if st.next_seq == u64::MAX || st.last_seq == Some(u64::MAX) {
+        return Err(usage(format!(
+            "export: state file {} is not valid (next_seq {} is beyond any ring); fix or delete it (deleting exports everything the ring holds)",
+            path.display(),
+            st.next_seq
+        )));
+    }
     if st.version != 1 {
         return Err(usage(format!(
             "export: state file {} has version {}, this edgeplex knows 1; delete it to start over",
@@ -542,26 +588,29 @@ fn save_state(path: &Path, st: &ExportState) -> anyhow::Result<()> {
 
 /// Write `path` through a temporary file in the same directory, fsync, rename, fsync the dir.
 fn write_atomic(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
-    let tmp = temp_name(path);
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        fill(&mut f)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_parent(path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let mut tmp = temp_file(path)?;
+    fill(tmp.as_file_mut())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    sync_parent(path)
 }
 
-fn temp_name(path: &Path) -> PathBuf {
+/// A new file beside `path` under an unpredictable name (`O_CREAT|O_EXCL`, so never through a
+/// symlink), removed unless persisted. Renaming it over `path` replaces a symlink there rather
+/// than following it.
+fn temp_file(path: &Path) -> io::Result<tempfile::NamedTempFile> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}.tmp."))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(dir)
 }
 
 fn sync_parent(path: &Path) -> io::Result<()> {
@@ -587,8 +636,7 @@ struct Sink {
     stream: String,
     format: Format,
     lines_name: String,
-    lines_tmp: PathBuf,
-    lines: BufWriter<File>,
+    lines: BufWriter<tempfile::NamedTempFile>,
     frames: Vec<String>,
 }
 
@@ -598,15 +646,13 @@ impl Sink {
             Format::Frames => format!("{prefix}.index.jsonl"),
             _ => format!("{prefix}.jsonl"),
         };
-        let lines_tmp = temp_name(&dir.join(&lines_name));
-        let file = File::create(&lines_tmp)
-            .with_context(|| format!("cannot create {}", lines_tmp.display()))?;
+        let file = temp_file(&dir.join(&lines_name))
+            .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
         Ok(Sink {
             dir: dir.to_path_buf(),
             stream: stream.to_owned(),
             format,
             lines_name,
-            lines_tmp,
             lines: BufWriter::new(file),
             frames: Vec::new(),
         })
@@ -676,7 +722,6 @@ impl Sink {
         let Sink {
             dir,
             lines_name,
-            lines_tmp,
             lines,
             mut frames,
             ..
@@ -684,16 +729,15 @@ impl Sink {
         let file = lines
             .into_inner()
             .map_err(|e| e.into_error())
-            .with_context(|| format!("cannot write {}", lines_tmp.display()))?;
+            .with_context(|| format!("cannot write {}", dir.join(&lines_name).display()))?;
         if !keep {
-            drop(file);
-            let _ = fs::remove_file(&lines_tmp);
+            drop(file); // removes the temporary file
             return Ok(frames);
         }
         let path = dir.join(&lines_name);
         (|| {
-            file.sync_all()?;
-            fs::rename(&lines_tmp, &path)?;
+            file.as_file().sync_all()?;
+            file.persist(&path).map_err(|e| e.error)?;
             sync_parent(&path)
         })()
         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -743,7 +787,17 @@ pub fn base64(bytes: &[u8]) -> String {
 }
 
 /// Upload one file, retrying transient failures with exponential backoff.
-fn upload(url: &HttpUrl, path: &Path, name: &str, retries: u32) -> anyhow::Result<()> {
+///
+/// Each attempt has a total deadline, `limit`. The state file is written only after every file
+/// was acknowledged, so an attempt cut off by its deadline loses nothing: the next attempt (or
+/// run) sends the same files under the same names again, and a PUT of a name replaces it.
+fn upload(
+    url: &HttpUrl,
+    path: &Path,
+    name: &str,
+    retries: u32,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let body = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let hash = crate::ring::fnv1a64(&body);
     let target = format!("{}/{}", url.path, name);
@@ -751,7 +805,7 @@ fn upload(url: &HttpUrl, path: &Path, name: &str, retries: u32) -> anyhow::Resul
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let err = match put(url, &target, &body, hash) {
+        let err = match put(url, &target, &body, hash, Instant::now() + limit) {
             Ok(status) if (200..300).contains(&status) => return Ok(()),
             Ok(status) => {
                 let e = anyhow::anyhow!("server answered HTTP {status}");
@@ -760,6 +814,10 @@ fn upload(url: &HttpUrl, path: &Path, name: &str, retries: u32) -> anyhow::Resul
                 }
                 e
             }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => anyhow::anyhow!(
+                "attempt exceeded its deadline of {:.1}s (--attempt-timeout): {e}",
+                limit.as_secs_f64()
+            ),
             Err(e) => anyhow::Error::new(e),
         };
         if attempt > retries {
@@ -771,13 +829,28 @@ fn upload(url: &HttpUrl, path: &Path, name: &str, retries: u32) -> anyhow::Resul
     }
 }
 
-/// One HTTP/1.1 PUT; returns the response status.
-fn put(url: &HttpUrl, target: &str, body: &[u8], hash: u64) -> io::Result<u16> {
-    let timeout = Duration::from_secs(30);
+/// Time left until `deadline`, or a `TimedOut` error when it has passed.
+fn left(deadline: Instant) -> io::Result<Duration> {
+    let d = deadline.saturating_duration_since(Instant::now());
+    if d.is_zero() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "no time left"));
+    }
+    Ok(d)
+}
+
+/// One HTTP/1.1 PUT, all of it (connect, send, response) before `deadline`; returns the
+/// response status.
+fn put(url: &HttpUrl, target: &str, body: &[u8], hash: u64, deadline: Instant) -> io::Result<u16> {
+    let timed_out = |e: io::Error| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            io::Error::new(io::ErrorKind::TimedOut, e.to_string())
+        }
+        _ => e,
+    };
     let mut last = io::Error::new(io::ErrorKind::NotFound, "host resolves to no address");
     let mut conn = None;
     for addr in url.authority.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+        match TcpStream::connect_timeout(&addr, left(deadline)?.min(Duration::from_secs(10))) {
             Ok(s) => {
                 conn = Some(s);
                 break;
@@ -786,22 +859,27 @@ fn put(url: &HttpUrl, target: &str, body: &[u8], hash: u64) -> io::Result<u16> {
         }
     }
     let mut s = conn.ok_or(last)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
     let head = format!(
         "PUT {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: edgeplex/{}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nX-Edgeplex-Fnv1a64: {hash:016x}\r\nConnection: close\r\n\r\n",
         url.host,
         env!("CARGO_PKG_VERSION"),
         body.len()
     );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    s.flush()?;
+    // Chunks, so that the deadline is checked while a slow server drains the body.
+    for chunk in head
+        .as_bytes()
+        .chunks(64 * 1024)
+        .chain(body.chunks(64 * 1024))
+    {
+        s.set_write_timeout(Some(left(deadline)?))?;
+        s.write_all(chunk).map_err(timed_out)?;
+    }
     // The status line is all we need; read up to the end of the headers (bounded).
     let mut resp = Vec::new();
     let mut chunk = [0u8; 1024];
     while !resp.windows(2).any(|w| w == b"\r\n") && resp.len() < 16 * 1024 {
-        let n = s.read(&mut chunk)?;
+        s.set_read_timeout(Some(left(deadline)?))?;
+        let n = s.read(&mut chunk).map_err(timed_out)?;
         if n == 0 {
             break;
         }

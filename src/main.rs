@@ -33,7 +33,7 @@ fn dispatch(cli: &Cli) -> Result<(), Error> {
             )?;
             logging(&config)?;
             if args.check {
-                edgeplex::agent::prepare_ring_dir(&config)?;
+                edgeplex::agent::check_ring_dir(&config)?;
                 print!("{}", config.to_toml());
                 return Ok(());
             }

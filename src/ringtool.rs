@@ -12,13 +12,42 @@ use serde::Serialize;
 
 use crate::ring::{self, layout, HeaderInfo, Reader, Recv, Start};
 
+/// `s` with every control character escaped (`\u{1b}`, `\n`), for text printed to a
+/// terminal: a crafted stream or file name must not move the cursor, clear the screen or fake
+/// lines of output.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn printable_path(p: &Path) -> String {
+    printable(&p.to_string_lossy())
+}
+
+/// Rings can be truncated under their readers by anyone who can write them; a tool must then
+/// fail with one line, not die of SIGBUS.
+fn exit_on_truncation(path: &Path) {
+    let message = format!(
+        "edgeplex: ring file {} was truncated while being read (not by an edgeplex writer, \
+         which never truncates); the ring is not usable",
+        printable_path(path)
+    );
+    if let Err(e) = ring::exit_on_sigbus(&message, crate::EXIT_NOINPUT) {
+        tracing::warn!(error = %e, "cannot install the SIGBUS handler");
+    }
+}
+
 /// `edgeplex ring ls DIR`
 pub fn ls(dir: &Path, json: bool) -> anyhow::Result<()> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| ring::RingError::io("list", dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == ring::RING_SUFFIX))
-        .collect();
+    exit_on_truncation(dir);
+    let mut paths = find_rings(dir)?;
     paths.sort();
     let now = ring::realtime_ns();
     let mut out = io::stdout().lock();
@@ -30,10 +59,11 @@ pub fn ls(dir: &Path, json: bool) -> anyhow::Result<()> {
         )?;
     }
     for path in &paths {
-        let name = path
+        let raw_name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let name = if json { raw_name } else { printable(&raw_name) };
         match ring::inspect(path) {
             Ok(info) if json => {
                 let line = serde_json::json!({ "stream": name, "path": path, "header": info });
@@ -59,7 +89,11 @@ pub fn ls(dir: &Path, json: bool) -> anyhow::Result<()> {
                 writeln!(
                     out,
                     "{:<16} {:<6} {:>6} {:>10} {:<18} {:>6} {:>12} {:<8} {:>8}",
-                    name,
+                    printable(&if g.name == name {
+                        name.clone()
+                    } else {
+                        format!("{name} ({})", g.name)
+                    }),
                     g.kind.to_string(),
                     g.slot_count,
                     g.slot_size,
@@ -75,13 +109,40 @@ pub fn ls(dir: &Path, json: bool) -> anyhow::Result<()> {
                     serde_json::json!({ "stream": name, "path": path, "error": e.to_string() });
                 writeln!(out, "{line}")?;
             }
-            Err(e) => writeln!(out, "{name:<16} error: {e}")?,
+            Err(e) => writeln!(out, "{name:<16} error: {}", printable(&e.to_string()))?,
         }
     }
     if paths.is_empty() && !json {
-        eprintln!("no *.ring files in {}", dir.display());
+        eprintln!("no <stream>/<stream>.ring files in {}", printable_path(dir));
     }
     Ok(())
+}
+
+/// The rings of a ring directory: `<dir>/<stream>/<stream>.ring` for every stream directory,
+/// plus any `<dir>/<stream>.ring` an agent from before per-stream directories left.
+fn find_rings(dir: &Path) -> Result<Vec<PathBuf>, ring::RingError> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| ring::RingError::io("list", dir, e))? {
+        let Ok(entry) = entry else { continue };
+        let path = entry.path();
+        // file_type does not follow symlinks: a symlinked stream directory is not listed.
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            let stream = entry.file_name();
+            let mut file = stream.clone();
+            file.push(".");
+            file.push(ring::RING_SUFFIX);
+            let candidate = path.join(file);
+            if candidate.exists() {
+                paths.push(candidate);
+            }
+        } else if path.extension().is_some_and(|x| x == ring::RING_SUFFIX) {
+            paths.push(path);
+        }
+    }
+    Ok(paths)
 }
 
 fn age(now: u64, then: u64) -> String {
@@ -99,6 +160,7 @@ fn age(now: u64, then: u64) -> String {
 
 /// `edgeplex ring inspect PATH`
 pub fn inspect(path: &Path, json: bool) -> anyhow::Result<()> {
+    exit_on_truncation(path);
     let info = ring::inspect(path)?;
     let mut out = io::stdout().lock();
     if json {
@@ -111,9 +173,9 @@ pub fn inspect(path: &Path, json: bool) -> anyhow::Result<()> {
 
 fn write_info(out: &mut impl Write, path: &Path, info: &HeaderInfo) -> io::Result<()> {
     let g = &info.geometry;
-    writeln!(out, "path:         {}", path.display())?;
+    writeln!(out, "path:         {}", printable_path(path))?;
     writeln!(out, "format:       edgeplex ring v{}", layout::VERSION)?;
-    writeln!(out, "stream:       {}", g.name)?;
+    writeln!(out, "stream:       {}", printable(&g.name))?;
     writeln!(out, "kind:         {}", g.kind)?;
     writeln!(
         out,
@@ -216,6 +278,7 @@ pub fn cat(args: &CatArgs) -> anyhow::Result<()> {
         From::Newest => Start::Newest,
         From::Next => Start::Next,
     };
+    exit_on_truncation(&args.path);
     let mut reader = Reader::open(&args.path, start)?;
     let binary = reader.geometry().kind != ring::StreamKind::Serial;
     if binary && !args.meta && !args.force && io::stdout().is_terminal() {
@@ -229,6 +292,7 @@ pub fn cat(args: &CatArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let mut buf = Vec::new();
     let idle = args.idle_timeout.map(Duration::from_secs_f64);
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut seen = 0u64;
@@ -246,9 +310,11 @@ pub fn cat(args: &CatArgs) -> anyhow::Result<()> {
                 Recv::Message(msg) => {
                     seen += 1;
                     if args.meta {
-                        let fnv1a64 = args
-                            .hash
-                            .then(|| format!("{:016x}", ring::fnv1a64(msg.payload())));
+                        if args.hash {
+                            buf.resize(msg.len(), 0);
+                            msg.copy_into(&mut buf);
+                        }
+                        let fnv1a64 = args.hash.then(|| format!("{:016x}", ring::fnv1a64(&buf)));
                         let mut line = MetaLine {
                             seq: msg.seq(),
                             epoch: msg.epoch(),
@@ -265,9 +331,13 @@ pub fn cat(args: &CatArgs) -> anyhow::Result<()> {
                         serde_json::to_writer(&mut out, &line)?;
                         writeln!(out)?;
                     } else {
-                        out.write_all(msg.payload())?;
-                        if !msg.finish() {
-                            tracing::warn!(path = %args.path.display(), "a message was overwritten while being written out");
+                        buf.resize(msg.len(), 0);
+                        msg.copy_into(&mut buf);
+                        // Only an intact copy is written: a torn one is counted as lost.
+                        if msg.finish() {
+                            out.write_all(&buf)?;
+                        } else {
+                            tracing::warn!(path = %args.path.display(), "a message was overwritten while being copied; skipped");
                         }
                     }
                     // Flush per message: a consumer piping a 1 Hz sensor into `jq` must see

@@ -212,8 +212,8 @@ fn readers_continue_across_agent_restarts() {
         rings.path().display()
     );
     let config = write_config(rings.path(), &body);
-    let cam = rings.path().join("cam0.ring");
-    let gps = rings.path().join("gps0.ring");
+    let cam = edgeplex::ring::ring_path(rings.path(), "cam0");
+    let gps = edgeplex::ring::ring_path(rings.path(), "gps0");
     let mut agent = Agent::start(&config);
     wait_for_file(&cam);
     wait_for_file(&gps);

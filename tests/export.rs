@@ -747,8 +747,8 @@ fn live_writer_every_message_is_exported_or_counted() {
             .spawn()
             .expect("spawn edgeplex demo"),
     );
-    let cam = dir.path().join("cam0.ring");
-    let gps = dir.path().join("gps0.ring");
+    let cam = edgeplex::ring::ring_path(dir.path(), "cam0");
+    let gps = edgeplex::ring::ring_path(dir.path(), "gps0");
     let head = |p: &Path| edgeplex::ring::inspect(p).map(|i| i.head).unwrap_or(0);
     common::wait_until("the demo to publish 20 frames and 2 samples", || {
         assert!(
@@ -807,4 +807,171 @@ fn live_writer_every_message_is_exported_or_counted() {
             });
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile output directories and servers
+// ---------------------------------------------------------------------------------------------
+
+/// A server that accepts, reads the request, then trickles its response one byte every
+/// `every`: each read sees progress, so only a deadline on the whole attempt ends it.
+fn trickle_server(every: Duration) -> (String, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let url = format!("http://{}/upload", listener.local_addr().expect("addr"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let stop = stopped.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                let _ = conn.read(&mut buf);
+                // Bounded: 44 bytes (about 90 s), and it stops with the test.
+                for b in b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n" {
+                    if stop.load(Ordering::Relaxed) || conn.write_all(&[*b]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(every);
+                }
+            });
+        }
+    });
+    (url, stop)
+}
+
+/// An upload server trickling one byte every 2 s cannot hold an attempt past
+/// `--attempt-timeout`: the run fails with a message naming the deadline, the state file is
+/// unchanged, and the next run against a good server uploads every message exactly once.
+#[test]
+fn an_upload_attempt_has_a_total_deadline_and_loses_nothing() {
+    let dir = shm_dir();
+    let ring = dir.path().join("gps.ring");
+    let out = dir.path().join("out");
+    let state = dir.path().join("state.json");
+    let mut w = open_writer(&ring, &serial_spec(64));
+    publish(&mut w, 10);
+    let (slow, stop) = trickle_server(Duration::from_secs(2));
+    let o = export(&[
+        s(&ring),
+        "--out",
+        s(&out),
+        "--state",
+        s(&state),
+        "--upload",
+        &slow,
+        "--retries",
+        "1",
+        "--attempt-timeout",
+        "1",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("deadline"),
+        "the deadline is reported: {stderr}"
+    );
+    assert!(
+        !state.exists(),
+        "a failed upload must not advance the state"
+    );
+
+    let good = Server::start(0);
+    let summary = export_ok(&[
+        s(&ring),
+        "--out",
+        s(&out),
+        "--state",
+        s(&state),
+        "--upload",
+        &good.url,
+    ]);
+    assert_eq!(
+        (summary["from_seq"].as_u64(), summary["exported"].as_u64()),
+        (Some(0), Some(10))
+    );
+    let mut seqs = Vec::new();
+    for put in good.puts() {
+        for line in String::from_utf8_lossy(&put.body).lines() {
+            let v: Value = serde_json::from_str(line).expect("json line");
+            seqs.push(v["seq"].as_u64().expect("seq"));
+        }
+    }
+    assert_eq!(
+        seqs,
+        (0..10).collect::<Vec<_>>(),
+        "each message uploaded exactly once"
+    );
+}
+
+/// In a shared `--out` directory, another user's symlinks are never followed: not at the
+/// predictable old temporary name, not at the final name, not at the lock file.
+#[test]
+fn export_never_follows_symlinks_in_the_output_directory() {
+    let dir = shm_dir();
+    let ring = dir.path().join("gps.ring");
+    let out = dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let victim = dir.path().join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    let mut w = open_writer(&ring, &serial_spec(16));
+    publish(&mut w, 3);
+    // The names a root export used to write through: the lines file, and its temporary name
+    // for any pid the attacker guesses (we plant the next few thousand after ours).
+    let final_name = out.join("gps-0-3.jsonl");
+    std::os::unix::fs::symlink(&victim, &final_name).unwrap();
+    let me = std::process::id();
+    for pid in me..me + 5000 {
+        let _ = std::os::unix::fs::symlink(&victim, out.join(format!(".gps-0-3.jsonl.tmp.{pid}")));
+    }
+    let state = out.join("state.json");
+    let planted = dir.path().join("planted");
+    std::os::unix::fs::symlink(&planted, out.join("state.json.lock")).unwrap();
+    let o = export(&[s(&ring), "--out", s(&out), "--state", s(&state)]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "a symlinked lock file is refused: {stderr}"
+    );
+    assert!(!planted.exists(), "the lock symlink was followed: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    fs::remove_file(out.join("state.json.lock")).unwrap();
+    export_ok(&[s(&ring), "--out", s(&out), "--state", s(&state)]);
+    assert_eq!(
+        fs::read(&victim).unwrap(),
+        b"precious",
+        "the symlink target was written"
+    );
+    assert!(
+        !fs::symlink_metadata(&final_name)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the output replaced the symlink"
+    );
+    assert_eq!(read_lines(&final_name).len(), 3);
+}
+
+/// A state file claiming `next_seq = 2^64 - 1` is refused, not read as a phantom gap.
+#[test]
+fn a_state_file_with_next_seq_at_the_end_of_numbers_is_refused() {
+    let dir = shm_dir();
+    let ring = dir.path().join("gps.ring");
+    let out = dir.path().join("out");
+    let state = dir.path().join("state.json");
+    let mut w = open_writer(&ring, &serial_spec(16));
+    publish(&mut w, 3);
+    let first = export_ok(&[s(&ring), "--out", s(&out), "--state", s(&state)]);
+    assert_eq!(first["exported"], 3);
+    let mut st: Value = serde_json::from_slice(&fs::read(&state).unwrap()).unwrap();
+    st["next_seq"] = u64::MAX.into();
+    fs::write(&state, serde_json::to_vec(&st).unwrap()).unwrap();
+    let o = export(&[s(&ring), "--out", s(&out), "--state", s(&state)]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("next_seq"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }

@@ -644,7 +644,7 @@ fn consumers_mount_the_ring_dir_read_only_at_the_agents_path() {
             .unwrap()
     };
     assert_eq!(ring_of(models[0]), ring_of(models[1]));
-    assert_eq!(ring_of(models[0]), format!("{RING_DIR}/cam0.ring"));
+    assert_eq!(ring_of(models[0]), format!("{RING_DIR}/cam0/cam0.ring"));
     let labels = |d: &Deployment| d.spec.as_ref().unwrap().selector.match_labels.clone();
     assert_ne!(
         labels(models[0]),

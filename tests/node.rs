@@ -40,7 +40,7 @@ fn stream(name: &str, kind: &str, up: bool, error: Option<&str>) -> HealthSnapsh
         started: true,
         last_error: error.map(str::to_owned),
         ring: Some((
-            PathBuf::from(format!("/dev/shm/edgeplex/{name}.ring")),
+            PathBuf::from(format!("/dev/shm/edgeplex/{name}/{name}.ring")),
             8,
             4096,
         )),
@@ -306,7 +306,7 @@ fn scenario_labels(env: &dyn Env, name: &str) {
         serde_json::from_str(&annotation(&n, keys::RINGS_ANNOTATION).expect("rings"))
             .expect("rings annotation is JSON");
     assert_eq!(rings[0]["stream"], "cam0");
-    assert_eq!(rings[0]["path"], "/dev/shm/edgeplex/cam0.ring");
+    assert_eq!(rings[0]["path"], "/dev/shm/edgeplex/cam0/cam0.ring");
     let detail: Value =
         serde_json::from_str(&annotation(&n, keys::BATTERY_ANNOTATION).expect("battery"))
             .expect("battery annotation is JSON");

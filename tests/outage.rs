@@ -57,7 +57,7 @@ impl Follow {
             while !s.load(Ordering::Relaxed) {
                 match reader.next(Duration::from_millis(100)) {
                     Ok(Recv::Message(m)) => {
-                        assert!(!m.payload().is_empty(), "an empty frame");
+                        assert!(!m.is_empty(), "an empty frame");
                         m.finish();
                     }
                     Ok(Recv::Reopened | Recv::TimedOut) => {}

@@ -76,8 +76,8 @@ fn python_reader_agrees_with_ring_cat() {
         .status()
         .unwrap();
     assert!(status.success());
-    for ring in ["cam0.ring", "gps0.ring"] {
-        let ring = dir.path().join(ring);
+    for ring in ["cam0", "gps0"] {
+        let ring = edgeplex::ring::ring_path(dir.path(), ring);
         let args = ["--from", "oldest", "--count", "5", "--idle-timeout", "0.2"];
         let py = python_reader(&ring, &args);
         let out = Command::new(EDGEPLEX)
@@ -123,7 +123,7 @@ fn python_reader_waits_on_the_futex() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let ring = dir.path().join("cam0.ring");
+    let ring = edgeplex::ring::ring_path(dir.path(), "cam0");
     for _ in 0..200 {
         if ring.exists() {
             break;

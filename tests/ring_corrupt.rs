@@ -143,8 +143,9 @@ fn the_valid_ring_itself_is_accepted() {
     let Recv::Message(m) = r.try_next().unwrap() else {
         panic!("no message")
     };
-    assert_eq!(m.payload(), &payload(0, epoch, MAX_LEN)[..]);
-    assert!(m.finish());
+    let mut got = Vec::new();
+    assert!(m.copy_to(&mut got));
+    assert_eq!(got, payload(0, epoch, MAX_LEN));
     let (code, stderr, stdout) = run_cli("inspect", &["ring", "inspect"], &path);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stdout.is_empty());
@@ -417,8 +418,9 @@ fn hostile_descriptor_length_is_skipped_and_counted() {
         let mut got = Vec::new();
         while let Recv::Message(m) = r.try_next().unwrap() {
             got.push((m.seq(), m.lost_before()));
-            assert_eq!(m.payload(), &payload(m.seq(), epoch, MAX_LEN)[..]);
-            assert!(m.finish());
+            let (seq, mut bytes) = (m.seq(), Vec::new());
+            assert!(m.copy_to(&mut bytes));
+            assert_eq!(bytes, payload(seq, epoch, MAX_LEN));
         }
         assert_eq!(got, vec![(0, 0), (2, 1)]);
         assert_eq!((r.delivered(), r.lost(), r.cursor()), (2, 1, 3));
@@ -433,5 +435,126 @@ fn hostile_descriptor_length_is_skipped_and_counted() {
             Accounting::Exact,
         );
         assert_eq!((c.end.lost, c.end.cursor), (1, 3));
+    }
+}
+
+#[test]
+fn head_below_base_seq() {
+    // A crafted base_seq above head made readers deliver a phantom message 2^64-1 that
+    // reported itself intact.
+    corrupt_case(
+        "base_seq above head",
+        |p| patch(p, off::BASE_SEQ, &10u64.to_le_bytes()),
+        |e| matches!(e, HeaderError::HeadBeforeBase { head: 3, base: 10 }),
+    );
+}
+
+/// Punch a hole of `len` bytes at `at` (the file keeps its size): a sparse ring.
+fn punch_hole(path: &Path, at: u64, len: u64) {
+    let st = Command::new("fallocate")
+        .args([
+            "--punch-hole",
+            "--offset",
+            &at.to_string(),
+            "--length",
+            &len.to_string(),
+        ])
+        .arg(path)
+        .status()
+        .expect("run fallocate (util-linux)");
+    assert!(st.success(), "fallocate --punch-hole failed");
+}
+
+#[test]
+fn a_sparse_ring_is_refused_by_readers() {
+    let dir = shm_dir();
+    let (path, _) = valid_ring(&dir);
+    // The header stays valid; one payload slot becomes a hole, as in a crafted sparse file
+    // whose header claims far more than was ever allocated.
+    let size = file_size(&path);
+    punch_hole(&path, size - 4096, 4096);
+    for e in [
+        Reader::open(&path, Start::Oldest).map(|_| ()).unwrap_err(),
+        ring::inspect(&path).map(|_| ()).unwrap_err(),
+    ] {
+        assert!(
+            matches!(&e, RingError::NotAllocated { path: p, .. } if p == &path),
+            "want NotAllocated, got {e}"
+        );
+    }
+    cli_refuses(&path, 66);
+}
+
+#[test]
+fn ring_cat_survives_a_ring_truncated_under_it() {
+    let dir = shm_dir();
+    let (path, _) = valid_ring(&dir);
+    let mut cmd = edgeplex();
+    cmd.args([
+        "ring",
+        "cat",
+        "--meta",
+        "--from",
+        "oldest",
+        "--delay-ms",
+        "1500",
+    ])
+    .args(["--idle-timeout", "5"])
+    .arg(&path);
+    let mut p = Proc::spawn("ring cat", cmd);
+    // After the first message is out, cut the file to its header page: the next message's
+    // descriptor and payload pages are gone from under the mapping.
+    let first = p.next_line_within(Duration::from_secs(30));
+    assert!(
+        first.as_deref().is_some_and(|l| l.contains("\"seq\":0")),
+        "ring cat printed {first:?} first"
+    );
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(layout::HEADER_SIZE)
+        .unwrap();
+    let status = p.wait();
+    assert_eq!(status.signal(), None, "ring cat died of a signal");
+    assert_eq!(status.code(), Some(66), "stderr: {}", p.stderr());
+    let stderr = p.stderr();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains("truncated") && lines[0].contains(&path.display().to_string()));
+}
+
+#[test]
+fn control_characters_in_names_are_escaped_for_people() {
+    let dir = shm_dir();
+    let evil = "x\u{1b}[2J\u{7}\nfake";
+    let spec = RingSpec {
+        name: evil.into(),
+        kind: StreamKind::Serial,
+        slot_count: SLOTS,
+        slot_size: SLOT_SIZE,
+        video: None,
+    };
+    let path = ring::ring_path(dir.path(), evil);
+    drop(Writer::open(&path, &spec, &CreateOptions::default()).expect("writer"));
+    for args in [&["ring", "inspect"][..], &["ring", "ls"][..]] {
+        let target = if args[1] == "ls" {
+            dir.path()
+        } else {
+            path.as_path()
+        };
+        let (code, stderr, stdout) = run_cli(args[1], args, target);
+        assert_eq!(code, Some(0), "{stderr}");
+        let text = stdout.join("\n");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "edgeplex {}: raw control characters in {text:?}",
+            args.join(" ")
+        );
+        assert!(text.contains("\\u{1b}[2J"), "escaped name shown: {text:?}");
+        assert!(
+            !stdout.iter().any(|l| l.starts_with("fake")),
+            "a name faked a line: {text:?}"
+        );
     }
 }

@@ -69,7 +69,7 @@ echo "PROBE: replugged: $(cat /sys/class/video4linux/video0/name)"
 echo "PROBE: version: $(edgeplex --version)"
 edgeplex ring ls /dev/shm
 edgeplex demo --ring-dir /dev/shm/demo --duration 1 --fps 5 --width 64 --height 48
-rings=$(ls /dev/shm/demo | grep -c '\.ring$' || true)
+rings=$(ls /dev/shm/demo/*/ | grep -c '\.ring$' || true)
 [ "$rings" -ge 1 ] || fail "edgeplex demo left no rings in /dev/shm/demo"
 edgeplex ring ls /dev/shm/demo
 echo "PROBE: demo rings: $rings"
@@ -170,14 +170,14 @@ printf '%s\n' \
   '[stream.gps0]' 'type = "serial"' 'device = "/dev/ttyS1"' 'baud = 115200' > /tmp/edgeplex.toml
 edgeplex run --config /tmp/edgeplex.toml > /tmp/agent.log 2>&1 &
 agent=$!
-wait_for 30 -e /dev/shm/rings/cam0.ring || fail "no cam0 ring"
-ino=$(stat -c %i /dev/shm/rings/cam0.ring)
-edgeplex ring inspect /dev/shm/rings/cam0.ring | sed 's/^/INSPECT: /'
-edgeplex ring cat /dev/shm/rings/cam0.ring --meta --from next --count 20 --idle-timeout 60 | sed 's/^/FRAME1: /'
+wait_for 30 -e /dev/shm/rings/cam0/cam0.ring || fail "no cam0 ring"
+ino=$(stat -c %i /dev/shm/rings/cam0/cam0.ring)
+edgeplex ring inspect /dev/shm/rings/cam0/cam0.ring | sed 's/^/INSPECT: /'
+edgeplex ring cat /dev/shm/rings/cam0/cam0.ring --meta --from next --count 20 --idle-timeout 60 | sed 's/^/FRAME1: /'
 
 # The serial sensor on the real UART: the host keeps sending NMEA sentences.
-wait_for 30 -e /dev/shm/rings/gps0.ring || fail "no gps0 ring"
-edgeplex ring cat /dev/shm/rings/gps0.ring --from next --count 3 --idle-timeout 60 | tr -d '\r' | sed 's/^/GPS: /'
+wait_for 30 -e /dev/shm/rings/gps0/gps0.ring || fail "no gps0 ring"
+edgeplex ring cat /dev/shm/rings/gps0/gps0.ring --from next --count 3 --idle-timeout 60 | tr -d '\r' | sed 's/^/GPS: /'
 
 # Unplug.
 v4l2-ctl -d /dev/video0 -c disconnect=1 2>&1 | sed 's/^/V4L2CTL: /'
@@ -199,8 +199,8 @@ echo "UNPLUG: agent alive, cam0 down, gps0 fine"
 modprobe vivid n_devs=1 node_types=0x1
 wait_for 10 -c /dev/video0 || fail "no video0 after modprobe"
 wait_readyz 30 ' 200 OK' || fail "readyz never recovered"
-edgeplex ring cat /dev/shm/rings/cam0.ring --meta --from next --count 5 --idle-timeout 60 | sed 's/^/FRAME2: /'
-[ "$(stat -c %i /dev/shm/rings/cam0.ring)" = "$ino" ] && echo "RING: same file" || echo "RING: replaced"
+edgeplex ring cat /dev/shm/rings/cam0/cam0.ring --meta --from next --count 5 --idle-timeout 60 | sed 's/^/FRAME2: /'
+[ "$(stat -c %i /dev/shm/rings/cam0/cam0.ring)" = "$ino" ] && echo "RING: same file" || echo "RING: replaced"
 sed 's/^/LOG: /' /tmp/agent.log
 kill $agent
 "##;

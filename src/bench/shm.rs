@@ -186,7 +186,11 @@ pub fn read(
                 let now = ring::realtime_ns();
                 let latency = now.saturating_sub(m.publish_ns());
                 let seq = m.seq();
-                let tagged = m.payload().get(..8) == Some(&seq.to_le_bytes()[..]);
+                let mut tag = [0u8; 8];
+                let tagged = m.len() >= 8 && {
+                    m.copy_into_prefix(&mut tag);
+                    tag == seq.to_le_bytes()
+                };
                 if m.finish() {
                     if !tagged {
                         report.bad_payload += 1;

@@ -1,7 +1,7 @@
 //! Read a ring and print one line per message: its number, length, losses and payload hash.
 //!
 //! ```sh
-//! cargo run -p edgeplex-ring --example read -- /dev/shm/edgeplex-demo-*/cam0.ring 10
+//! cargo run -p edgeplex-ring --example read -- /dev/shm/edgeplex-demo-*/cam0/cam0.ring 10
 //! ```
 
 use std::path::PathBuf;

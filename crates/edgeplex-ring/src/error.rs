@@ -83,9 +83,32 @@ pub enum RingError {
         /// The OS error (part of the message, so not also a `source`).
         error: io::Error,
     },
+    /// A ring directory or file this process must not trust: a symlink, owned by another user,
+    /// writable by others, or with other hard links.
+    #[error("{path} {reason}")]
+    Untrusted {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong and what to do (part of the message).
+        reason: String,
+    },
+    /// A ring file whose blocks are not all allocated (a sparse file): mapping it would make
+    /// the reader allocate memory, or die of SIGBUS on a full tmpfs.
+    #[error(
+        "ring file {path} is not fully allocated ({allocated} of {size} bytes): not written by an \
+         edgeplex writer, or damaged; restart the agent to recreate it"
+    )]
+    NotAllocated {
+        /// The file.
+        path: PathBuf,
+        /// Bytes allocated (`st_blocks * 512`).
+        allocated: u64,
+        /// Size the header describes.
+        size: u64,
+    },
     /// The path is not a regular file (a directory, a device, a FIFO).
     #[error(
-        "{path} is not a regular file, so not a ring; ring files are <ring_dir>/<stream>.ring"
+        "{path} is not a regular file, so not a ring; ring files are <ring_dir>/<stream>/<stream>.ring"
     )]
     NotAFile {
         /// The path.

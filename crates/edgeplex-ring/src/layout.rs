@@ -361,6 +361,18 @@ pub enum HeaderError {
         /// Value stored.
         found: u64,
     },
+    /// The head (messages published) comes before the number of the file's first message (in
+    /// wrapping order: `head - base_seq` modulo 2^64 exceeds 2^63 - 1): no writer stores that,
+    /// and a reader would deliver phantom messages.
+    #[error(
+        "head {head} comes before base_seq {base}: no writer stores that; the file is corrupt"
+    )]
+    HeadBeforeBase {
+        /// Head found.
+        head: u64,
+        /// base_seq found.
+        base: u64,
+    },
     /// The file is shorter than its header says.
     #[error("file is {actual} bytes but its header describes {expected}: truncated")]
     Truncated {
@@ -419,6 +431,15 @@ pub fn parse_header(page: &[u8], file_len: u64) -> Result<Geometry, HeaderError>
             actual: file_len,
         });
     }
+    let base_seq = get_u64(page, off::BASE_SEQ);
+    let head = get_u64(page, off::HEAD);
+    // Wrapping order, as everywhere on message numbers: head must not come before base_seq.
+    if head.wrapping_sub(base_seq) > i64::MAX as u64 {
+        return Err(HeaderError::HeadBeforeBase {
+            head,
+            base: base_seq,
+        });
+    }
     let raw_name = &page[off::NAME..off::NAME + NAME_LEN];
     let name_len = raw_name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
     let name = std::str::from_utf8(&raw_name[..name_len]).map_err(|_| HeaderError::BadName)?;
@@ -431,7 +452,7 @@ pub fn parse_header(page: &[u8], file_len: u64) -> Result<Geometry, HeaderError>
         data_offset,
         file_size,
         created_ns: get_u64(page, off::CREATED_NS),
-        base_seq: get_u64(page, off::BASE_SEQ),
+        base_seq,
         video: VideoFormat {
             width: get_u32(page, off::WIDTH),
             height: get_u32(page, off::HEIGHT),
@@ -565,6 +586,17 @@ mod tests {
     }
 
     #[test]
+    fn rejects_head_below_base() {
+        let g = Geometry::for_spec(&spec(4, 4096), 0, 10).unwrap();
+        let mut page = page_for(&g);
+        page[off::HEAD..off::HEAD + 8].copy_from_slice(&9u64.to_le_bytes());
+        assert_eq!(
+            parse_header(&page, g.file_size),
+            Err(HeaderError::HeadBeforeBase { head: 9, base: 10 })
+        );
+    }
+
+    #[test]
     fn rejects_overflowing_geometry() {
         let g = Geometry::for_spec(&spec(4, 4096), 0, 0).unwrap();
         let mut page = page_for(&g);
@@ -615,6 +647,52 @@ mod tests {
             prop_assert!(g.slot_size >= size && g.slot_size.is_multiple_of(SLOT_ALIGN));
             prop_assert_eq!(parse_header(&page_for(&g), g.file_size), Ok(g.clone()));
             prop_assert!(g.matches(&s));
+        }
+    }
+
+    /// Cases of the header fuzz below: `EDGEPLEX_FUZZ_CASES`, 20 000 by default (a few seconds
+    /// in a debug build). A long run: `EDGEPLEX_FUZZ_CASES=2000000 cargo test -p edgeplex-ring
+    /// header_fuzz`.
+    fn fuzz_cases() -> u32 {
+        std::env::var("EDGEPLEX_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
+
+        /// Header fuzz: a valid header page with up to 16 random bytes-runs written anywhere in
+        /// its first 512 bytes (where every field lives), or a page of random bytes, against
+        /// any file size. Validation never panics, and what it accepts is self-consistent and
+        /// fits in the file: head at or past base_seq, every slot within the file size.
+        #[test]
+        fn header_fuzz(
+            edits in proptest::collection::vec((0usize..512, proptest::collection::vec(any::<u8>(), 1..9)), 0..16),
+            random in proptest::option::weighted(0.1, proptest::collection::vec(any::<u8>(), 512)),
+            len in prop_oneof![any::<u64>(), 0u64..(1 << 24), Just(HEADER_SIZE)],
+            count in MIN_SLOT_COUNT..64u32,
+        ) {
+            let mut page = match random {
+                Some(bytes) => {
+                    let mut p = vec![0u8; HEADER_SIZE as usize];
+                    p[..512].copy_from_slice(&bytes);
+                    p
+                }
+                None => page_for(&Geometry::for_spec(&spec(count, 4096), 0, 0).unwrap()),
+            };
+            for (at, bytes) in &edits {
+                let end = (at + bytes.len()).min(page.len());
+                page[*at..end].copy_from_slice(&bytes[..end - at]);
+            }
+            if let Ok(g) = parse_header(&page, len) {
+                prop_assert!(g.file_size <= len && g.file_size <= MAX_FILE_SIZE);
+                prop_assert!(g.payload_at(u64::from(g.slot_count)) <= g.file_size);
+                prop_assert!(g.desc_at(u64::from(g.slot_count)) <= g.data_offset);
+                prop_assert!(get_u64(&page, off::HEAD).wrapping_sub(g.base_seq) <= i64::MAX as u64);
+                prop_assert!(g.name.len() <= NAME_LEN && !g.name.contains('\0'));
+            }
         }
     }
 }

@@ -9,11 +9,11 @@
 //! Reading a ring that an edgeplex agent (or any [`Writer`]) publishes:
 //!
 //! ```no_run
-//! use std::path::Path;
+//! use std::path::{Path, PathBuf};
 //! use std::time::Duration;
 //! use edgeplex_ring::{Reader, Recv, Start};
 //!
-//! let mut reader = Reader::open(Path::new("/dev/shm/edgeplex/cam0.ring"), Start::Newest)?;
+//! let mut reader = Reader::open(Path::new("/dev/shm/edgeplex/cam0/cam0.ring"), Start::Newest)?;
 //! let mut frame = Vec::new();
 //! loop {
 //!     match reader.next(Duration::from_secs(1))? {
@@ -54,6 +54,7 @@ macro_rules! trace_event {
     }};
 }
 
+mod dir;
 mod error;
 mod hash;
 pub mod layout;
@@ -63,17 +64,32 @@ mod sys;
 mod writer;
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+pub use dir::{effective_uid, RingDir};
 pub use error::RingError;
 pub use hash::fnv1a64;
 pub use layout::{Geometry, HeaderError, RingSpec, StreamKind, VideoFormat};
 pub use reader::{Message, Reader, Recv, Start};
-pub use sys::{monotonic_ns, realtime_ns};
+pub use sys::{exit_on_sigbus, monotonic_ns, realtime_ns};
 pub use writer::{CreateOptions, Meta, SlotLoan, Writer};
 
 /// File name suffix of ring files.
 pub const RING_SUFFIX: &str = "ring";
+
+/// The directory of stream `stream` inside the ring directory: `<ring_dir>/<stream>/`.
+///
+/// Each stream has a directory of its own so that a container can bind-mount it: a bind mount
+/// of the ring file itself would pin that file's inode, and the container would never see the
+/// new file a geometry change renames over the old one.
+pub fn stream_dir(ring_dir: &Path, stream: &str) -> PathBuf {
+    ring_dir.join(stream)
+}
+
+/// The ring file of stream `stream`: `<ring_dir>/<stream>/<stream>.ring`.
+pub fn ring_path(ring_dir: &Path, stream: &str) -> PathBuf {
+    stream_dir(ring_dir, stream).join(format!("{stream}.{RING_SUFFIX}"))
+}
 
 /// A decoded header: the immutable geometry plus a snapshot of the writer's live fields.
 #[derive(Debug, Clone)]

@@ -79,7 +79,17 @@ struct MessageMeta {
 
 impl Reader {
     /// Open and validate the ring at `path`. Nothing in the file is trusted until its header
-    /// has been checked against the real file size.
+    /// has been checked against the real file size, and a file whose blocks are not all
+    /// allocated is refused ([`RingError::NotAllocated`]), so mapping it allocates nothing.
+    ///
+    /// # SIGBUS
+    /// The ring is mapped. If the file is truncated while mapped, the next access to a page
+    /// past the new end raises SIGBUS, which kills the process. An edgeplex writer never
+    /// truncates a ring (it renames a new file over it), and only the writer's uid can write
+    /// the ring directory it creates, so rings an agent publishes are safe to read. A program
+    /// that reads rings from a directory writable by someone it does not trust must either
+    /// accept that risk or install a handler: [`crate::exit_on_sigbus`] turns the signal into
+    /// a one-line message and an exit code (what the `edgeplex` tools do).
     pub fn open(path: &Path, start: Start) -> Result<Reader, RingError> {
         let (file, geometry) = open_validated(path)?;
         let mem = Mem::map_ro(&file, geometry.file_size, true).map_err(|e| map_err(path, e))?;
@@ -281,13 +291,26 @@ impl Reader {
     }
 }
 
-/// One message, borrowed in place from the ring: no copy is made.
+/// One message in the ring, not yet copied.
 ///
 /// # The rule for using the payload
-/// The payload lives in memory the writer (another process) owns. While this reader keeps up it
-/// is stable, but a writer that laps the reader overwrites it, possibly while it is being read.
-/// So: use the bytes, then call [`Message::finish`] (or [`Message::is_intact`]); if it returns
-/// `false`, discard everything derived from them. [`Message::copy_to`] does this for you.
+/// The payload lives in memory the writer (another process) owns and may overwrite at any
+/// time: as soon as it laps this reader, possibly while the bytes are being read. So this type
+/// never hands out a `&[u8]` over it (Rust may assume such memory does not change, and it does).
+/// Two ways to get at the bytes:
+///
+/// - [`Message::copy_to`] (or [`Message::copy_into`]) copies them with a byte-wise atomic
+///   memcpy and then checks the seqlock: `true` means the copy is exactly what was published.
+/// - In place, with no copy: [`Message::as_ptr`] and [`Message::len`]. The pointer is valid for
+///   reads of `len()` bytes for as long as this `Message` (and so its [`Reader`]) lives; its
+///   contents are guaranteed only until the writer laps the reader. Read through the pointer
+///   with volatile or atomic loads, or hand it to code outside Rust (a C or numpy consumer),
+///   then call [`Message::finish`] (or [`Message::is_intact`]): if it returns `false`, the
+///   writer changed the bytes meanwhile, and everything derived from them must be discarded.
+///   Never write through the pointer: the mapping is read-only and a write kills the process.
+///
+/// Library users reading rings from a directory they do not trust should also read
+/// [`Reader::open`]'s note on SIGBUS.
 #[derive(Debug)]
 pub struct Message<'r> {
     reader: &'r Reader,
@@ -345,11 +368,40 @@ impl Message<'_> {
         self.lost_before
     }
 
-    /// The payload, in place. See the type's documentation for the rule: check
-    /// [`Message::finish`] after use.
-    pub fn payload(&self) -> &[u8] {
+    /// The first byte of the payload in the read-only mapping, valid for reads of
+    /// [`Message::len`] bytes while this message lives. See the type's documentation for the
+    /// rule: the bytes may change under you; check [`Message::finish`] after use.
+    pub fn as_ptr(&self) -> *const u8 {
         let g = &self.reader.geometry;
-        self.reader.mem.bytes(g.payload_at(self.slot), self.len)
+        self.reader.mem.ptr_at(g.payload_at(self.slot), self.len)
+    }
+
+    /// Copy the payload into `dst` (which must be exactly [`Message::len`] bytes) with a
+    /// byte-wise atomic memcpy. The copy is meaningful only if [`Message::finish`] returns
+    /// `true` afterwards.
+    ///
+    /// # Panics
+    /// If `dst.len() != self.len()`.
+    pub fn copy_into(&self, dst: &mut [u8]) {
+        assert_eq!(
+            dst.len(),
+            self.len(),
+            "copy_into needs a buffer of len() bytes"
+        );
+        let g = &self.reader.geometry;
+        self.reader.mem.copy_out(g.payload_at(self.slot), dst);
+    }
+
+    /// Copy the first `dst.len()` bytes of the payload (at most [`Message::len`]) into `dst`
+    /// with a byte-wise atomic memcpy, e.g. to look at a tag before deciding to copy the rest.
+    /// Meaningful only if [`Message::finish`] returns `true` afterwards.
+    ///
+    /// # Panics
+    /// If `dst` is longer than the payload.
+    pub fn copy_into_prefix(&self, dst: &mut [u8]) {
+        assert!(dst.len() <= self.len(), "prefix longer than the payload");
+        let g = &self.reader.geometry;
+        self.reader.mem.copy_out(g.payload_at(self.slot), dst);
     }
 
     /// Whether the writer has not touched this message's slot since it was handed out.
@@ -375,8 +427,7 @@ impl Message<'_> {
     pub fn copy_to(self, out: &mut Vec<u8>) -> bool {
         out.clear();
         out.resize(self.len as usize, 0);
-        let g = &self.reader.geometry;
-        self.reader.mem.copy_out(g.payload_at(self.slot), out);
+        self.copy_into(out);
         self.finish()
     }
 }
@@ -414,6 +465,16 @@ pub(super) fn open_validated(path: &Path) -> Result<(File, Geometry), RingError>
         path: path.to_path_buf(),
         reason,
     })?;
+    // A sparse ring on tmpfs (holes the writer never allocated) would make this reader's
+    // mapping allocate pages, charged to the reader, up to the size the header claims.
+    let allocated = meta.blocks().saturating_mul(512);
+    if allocated < geometry.file_size && super::sys::fd_is_memory_fs(&file) {
+        return Err(RingError::NotAllocated {
+            path: path.to_path_buf(),
+            allocated,
+            size: geometry.file_size,
+        });
+    }
     Ok((file, geometry))
 }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
-use memmap2::{Mmap, MmapMut, MmapOptions};
+use memmap2::{MmapOptions, MmapRaw};
 
 /// Filesystem magic of tmpfs (`statfs(2)`).
 pub const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -95,6 +95,15 @@ pub fn fs_magic(dir: &Path) -> io::Result<i64> {
     Ok(st.f_type as i64)
 }
 
+/// Whether `file` lives on tmpfs or ramfs. `false` when `fstatfs` fails.
+pub fn fd_is_memory_fs(file: &File) -> bool {
+    rustix::fs::fstatfs(file).is_ok_and(|st| {
+        #[allow(clippy::unnecessary_cast)]
+        let magic = st.f_type as i64;
+        magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
+    })
+}
+
 fn whole_file_lock(kind: libc::c_short) -> libc::flock {
     // SAFETY: flock is plain old data; all-zero is a valid value (whole file from offset 0).
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
@@ -166,24 +175,27 @@ pub fn realtime_ns() -> u64 {
 }
 
 /// A mapping of a ring file and typed, bounds-checked views into it.
+///
+/// The mapping is held as raw memory (`memmap2::MmapRaw`): no `&[u8]` over the whole file is
+/// ever formed, because another process writes it concurrently. Readers get atomics, raw
+/// pointers, and copies made with a byte-wise atomic memcpy.
 #[derive(Debug)]
 pub struct Mem {
-    map: Map,
-}
-
-#[derive(Debug)]
-enum Map {
-    Ro(Mmap),
-    Rw(MmapMut),
+    map: MmapRaw,
+    writable: bool,
 }
 
 impl Mem {
-    /// Map the first `len` bytes of `file` shared, read-only (`PROT_READ`), prefaulted.
+    /// Map the first `len` bytes of `file` shared, read-only (`PROT_READ`), prefaulted if
+    /// `populate`.
     ///
     /// # SIGBUS
     /// Touching a page past the file's end raises SIGBUS. The caller must have checked that the
-    /// file holds `len` bytes; ring files are never shrunk while reachable (the writer replaces,
-    /// never truncates), and only the agent may write the ring directory.
+    /// file holds `len` bytes, and that they are allocated (so `populate` allocates nothing);
+    /// ring files are never shrunk while reachable (the writer replaces, never truncates), and
+    /// only the agent may write the ring directory. A file truncated anyway by someone who can
+    /// write it raises SIGBUS on access: see [`exit_on_sigbus`] for tools that read untrusted
+    /// rings.
     pub fn map_ro(file: &File, len: u64, populate: bool) -> io::Result<Mem> {
         let len = usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
         let mut opts = MmapOptions::new();
@@ -191,38 +203,31 @@ impl Mem {
         if populate {
             opts.populate();
         }
-        // SAFETY: see the SIGBUS paragraph above: the caller validated the file's size against
-        // `len`, and ring files are never truncated while reachable. Concurrent modification
-        // by the writer is the protocol: every read of writer-mutated memory goes through
-        // atomics or is validated by the seqlock afterwards.
-        let map = unsafe { opts.map(file)? };
-        Ok(Mem { map: Map::Ro(map) })
+        let map = opts.map_raw_read_only(file)?;
+        Ok(Mem {
+            map,
+            writable: false,
+        })
     }
 
     /// Map the first `len` bytes of `file` shared, read-write, prefaulted. Only the writer,
-    /// which holds the file's OFD write lock, does this.
+    /// which holds the file's OFD write lock and allocated every block, does this.
     pub fn map_rw(file: &File, len: u64) -> io::Result<Mem> {
         let len = usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
-        // SAFETY: the writer allocated `len` bytes with fallocate (or validated the size of an
-        // existing file) and holds the OFD write lock, so no other writer maps it writable;
-        // readers only read. The file is never truncated while mapped.
-        let map = unsafe { MmapOptions::new().len(len).populate().map_mut(file)? };
-        Ok(Mem { map: Map::Rw(map) })
+        let map = MmapOptions::new().len(len).populate().map_raw(file)?;
+        Ok(Mem {
+            map,
+            writable: true,
+        })
     }
 
     /// Length of the mapping.
     pub fn len(&self) -> usize {
-        match &self.map {
-            Map::Ro(m) => m.len(),
-            Map::Rw(m) => m.len(),
-        }
+        self.map.len()
     }
 
     fn base(&self) -> *const u8 {
-        match &self.map {
-            Map::Ro(m) => m.as_ptr(),
-            Map::Rw(m) => m.as_ptr(),
-        }
+        self.map.as_ptr()
     }
 
     fn check(&self, off: u64, len: u64, align: u64) -> usize {
@@ -255,32 +260,189 @@ impl Mem {
         unsafe { &*(self.base().add(off) as *const AtomicU32) }
     }
 
-    /// Copy `dst.len()` bytes at `off` out of the mapping.
+    /// Copy `dst.len()` bytes at `off` out of the mapping with a byte-wise atomic memcpy, so
+    /// that a concurrent store by the writer is a stale or torn value (caught by the seqlock
+    /// afterwards), never a data race.
     pub fn copy_out(&self, off: u64, dst: &mut [u8]) {
         let off = self.check(off, dst.len() as u64, 1);
-        // SAFETY: the source range is in bounds (checked) and cannot overlap `dst`, which is
-        // private memory. Bytes the writer races on are validated by the seqlock afterwards.
-        unsafe { std::ptr::copy_nonoverlapping(self.base().add(off), dst.as_mut_ptr(), dst.len()) }
+        // SAFETY: `off + dst.len()` is within the mapping (checked), which is readable for as
+        // long as `self` lives; the bytes are initialised file contents. Concurrent writes come
+        // from the writer process (stores the Rust memory model of this process cannot see);
+        // the loads are atomic, so there is no data race here, and a torn copy is detected by
+        // the seqlock.
+        unsafe { atomic_copy(self.base().add(off), dst) }
     }
 
-    /// A shared view of `len` bytes at `off`.
-    ///
-    /// The bytes live in a file another process may write. Callers that hand this out must
-    /// validate the seqlock after use (see `reader::Message`).
-    pub fn bytes(&self, off: u64, len: u64) -> &[u8] {
+    /// A raw pointer to byte `off`, after checking that `len` bytes from it are in the mapping.
+    pub fn ptr_at(&self, off: u64, len: u64) -> *const u8 {
         let off = self.check(off, len, 1);
-        // SAFETY: in bounds (checked); the mapping lives as long as `self`. This process never
-        // writes through a read-only mapping; the writer's concurrent stores are detected by
-        // the seqlock, which every consumer of this view checks after use.
-        unsafe { std::slice::from_raw_parts(self.base().add(off), len as usize) }
+        self.base().wrapping_add(off)
     }
 
     /// An exclusive view of `len` bytes at `off`, for the writer.
     pub fn bytes_mut(&mut self, off: u64, len: u64) -> &mut [u8] {
+        assert!(self.writable, "bytes_mut on a read-only ring mapping");
         let off = self.check(off, len, 1);
-        match &mut self.map {
-            Map::Rw(m) => &mut m[off..off + len as usize],
-            Map::Ro(_) => panic!("bytes_mut on a read-only ring mapping"),
+        // SAFETY: in bounds (checked); the mapping is writable and lives as long as `self`,
+        // which is borrowed mutably for the slice's life, so this process makes no other access
+        // to it meanwhile. Other processes (readers) only read; the writer holds the ring's
+        // OFD lock, so no other writer maps it.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off), len as usize) }
+    }
+}
+
+/// Copy `dst.len()` bytes from `src` with byte-wise atomic loads (crate `atomic-memcpy`): 4 KiB
+/// blocks, then 64-byte blocks, then single bytes.
+///
+/// # Safety
+/// `src` must be valid for reads of `dst.len()` initialised bytes for the whole call, and every
+/// concurrent write to them in this process must be atomic (`atomic_memcpy::atomic_store` or
+/// atomic stores of any width); writes by other processes are invisible to this process's
+/// memory model and are allowed.
+pub unsafe fn atomic_copy(src: *const u8, dst: &mut [u8]) {
+    /// `N` bytes at `src`, loaded byte-wise atomically.
+    ///
+    /// # Safety
+    /// As for `atomic_copy`, for `N` bytes.
+    unsafe fn chunk<const N: usize>(src: *const u8) -> [u8; N] {
+        // SAFETY: the caller guarantees `N` readable, initialised bytes; `[u8; N]` has
+        // alignment 1 and no padding.
+        let v = unsafe {
+            atomic_memcpy::atomic_load(src as *const [u8; N], std::sync::atomic::Ordering::Relaxed)
+        };
+        // SAFETY: every byte was copied from initialised memory.
+        unsafe { v.assume_init() }
+    }
+    const BIG: usize = 4096;
+    const SMALL: usize = 64;
+    let mut done = 0;
+    while dst.len() - done >= BIG {
+        // SAFETY: `done + BIG <= dst.len()`: within the range the caller vouched for.
+        let c = unsafe { chunk::<BIG>(src.add(done)) };
+        dst[done..done + BIG].copy_from_slice(&c);
+        done += BIG;
+    }
+    while dst.len() - done >= SMALL {
+        // SAFETY: `done + SMALL <= dst.len()`: within the range the caller vouched for.
+        let c = unsafe { chunk::<SMALL>(src.add(done)) };
+        dst[done..done + SMALL].copy_from_slice(&c);
+        done += SMALL;
+    }
+    while done < dst.len() {
+        // SAFETY: `done < dst.len()`: within the range the caller vouched for.
+        dst[done] = unsafe { chunk::<1>(src.add(done)) }[0];
+        done += 1;
+    }
+}
+
+static SIGBUS_MESSAGE: std::sync::OnceLock<Box<[u8]>> = std::sync::OnceLock::new();
+static SIGBUS_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(66);
+
+/// Make a SIGBUS from a truncated mapping end the process with `message` on stderr and exit
+/// code `code`, instead of killing it by signal. For command-line tools that map rings they do
+/// not trust (a file truncated under a mapping raises SIGBUS on the next access). The first
+/// call's message wins. A SIGBUS that is not an access past the end of a mapped file
+/// (`BUS_ADRERR`) keeps its default action.
+pub fn exit_on_sigbus(message: &str, code: u8) -> io::Result<()> {
+    let _ = SIGBUS_MESSAGE.set(format!("{message}\n").into_bytes().into_boxed_slice());
+    SIGBUS_CODE.store(i32::from(code), std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: zeroed sigaction is a valid starting value; the handler below only calls
+    // async-signal-safe functions (write, _exit, sigaction, raise) and reads statics that are
+    // initialised before it is installed.
+    let rc = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigbus as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
+    let code = unsafe { (*info).si_code };
+    if code != libc::BUS_ADRERR {
+        // Not a truncated file: default action (die by the signal, as without this handler).
+        // SAFETY: async-signal-safe calls with valid arguments.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
         }
+        return;
+    }
+    if let Some(m) = SIGBUS_MESSAGE.get() {
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; `m` is a live static buffer.
+        unsafe {
+            libc::write(2, m.as_ptr() as *const libc::c_void, m.len());
+        }
+    }
+    // SAFETY: _exit is async-signal-safe and does not return.
+    unsafe { libc::_exit(SIGBUS_CODE.load(std::sync::atomic::Ordering::Relaxed)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seqlock::{self, StdFence};
+    use std::cell::UnsafeCell;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    /// One seqlock slot on the heap: what a ring slot is, minus the file.
+    struct Slot {
+        seq: AtomicU64,
+        bytes: UnsafeCell<[u8; 4096 + 64 + 3]>,
+    }
+
+    // SAFETY: `bytes` is only accessed with atomic_memcpy loads and stores.
+    unsafe impl Sync for Slot {}
+
+    /// The reader's copy against a concurrent writer, in one process, under the seqlock: run it
+    /// under miri (`cargo +nightly miri test -p edgeplex-ring atomic_copy`) to check that the
+    /// copy has no data race and no UB, and that a copy the seqlock validates is never torn. The
+    /// writer stores with `atomic_memcpy::atomic_store`, the in-process stand-in for a writer
+    /// in another process.
+    #[test]
+    fn atomic_copy_under_a_concurrent_writer_is_race_free_and_validated() {
+        const ROUNDS: u64 = if cfg!(miri) { 6 } else { 2000 };
+        let slot = Arc::new(Slot {
+            seq: AtomicU64::new(seqlock::complete(0)),
+            bytes: UnsafeCell::new([0; 4096 + 64 + 3]),
+        });
+        let writer = {
+            let slot = Arc::clone(&slot);
+            std::thread::spawn(move || {
+                for n in 1..=ROUNDS {
+                    seqlock::begin_write::<_, StdFence>(&slot.seq, n);
+                    let fill = [n as u8; 4096 + 64 + 3];
+                    // SAFETY: the slot's bytes are valid, aligned for [u8; N], and only ever
+                    // accessed atomically (this store, the reader's atomic loads).
+                    unsafe {
+                        atomic_memcpy::atomic_store(slot.bytes.get(), fill, Ordering::Relaxed)
+                    };
+                    seqlock::end_write(&slot.seq, n);
+                }
+            })
+        };
+        let mut intact = 0;
+        let mut out = vec![0u8; 4096 + 64 + 3];
+        for _ in 0..ROUNDS {
+            let seen = slot.seq.load(Ordering::Acquire);
+            if seen % 2 == 1 {
+                continue;
+            }
+            // SAFETY: the buffer is valid for its whole length; all writes to it are atomic.
+            unsafe { atomic_copy(slot.bytes.get() as *const u8, &mut out) };
+            if seqlock::read_validate::<_, StdFence>(&slot.seq, seen) {
+                intact += 1;
+                assert!(out.iter().all(|&b| b == out[0]), "a validated copy is torn");
+            }
+        }
+        writer.join().unwrap();
+        assert!(intact > 0 || cfg!(miri));
     }
 }

@@ -1,10 +1,14 @@
 //! The single writer of a ring: creates, reopens or replaces the file, and publishes messages.
 
-use std::fs::{self, File, OpenOptions, Permissions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::ffi::OsStr;
+use std::fs::{File, Permissions};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::OFlags;
 use std::sync::atomic::Ordering;
 
+use super::dir::RingDir;
 use super::error::RingError;
 use super::layout::{self, desc, off, Geometry, RingSpec};
 use super::seqlock::{self, StdFence};
@@ -58,28 +62,79 @@ impl Writer {
     /// Create the ring at `path`, or reopen it if it exists with the same layout, or replace it
     /// (new file renamed over the old one, old one retired) if its layout differs or it is
     /// corrupt. A reopened or replacing writer bumps the epoch and continues the message numbers.
+    ///
+    /// The directory holding `path` is opened as a [`RingDir`] (created when missing, refused
+    /// unless this process can trust it), and the file relative to it, never through a symlink.
+    /// An agent opens its ring directory once and uses [`RingDir::open_writer`] instead.
     pub fn open(path: &Path, spec: &RingSpec, opts: &CreateOptions) -> Result<Writer, RingError> {
-        let wanted = Geometry::for_spec(spec, 0, 0).map_err(|reason| RingError::BadSpec {
-            name: spec.name.clone(),
-            reason,
-        })?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        if !opts.allow_disk && !super::is_memory_fs(dir)? {
-            return Err(RingError::NotTmpfs {
-                dir: dir.to_path_buf(),
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return Err(RingError::NotAFile {
+                path: path.to_path_buf(),
             });
-        }
-        let existing = match OpenOptions::new().read(true).write(true).open(path) {
-            Ok(f) => Some(f),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        };
+        let dir = RingDir::create(dir, opts.allow_disk)?;
+        Self::open_in(&dir, name, spec, opts)
+    }
+
+    /// [`Writer::open`] for the file `name` of an already trusted directory.
+    pub(crate) fn open_in(
+        dir: &RingDir,
+        name: &str,
+        spec: &RingSpec,
+        opts: &CreateOptions,
+    ) -> Result<Writer, RingError> {
+        Geometry::for_spec(spec, 0, 0).map_err(|reason| RingError::BadSpec {
+            name: spec.name.clone(),
+            reason,
+        })?;
+        let path = dir.path().join(name);
+        let path = path.as_path();
+        let file = match dir.open_file(OsStr::new(name), OFlags::RDWR) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Self::create(dir, name, spec, opts, 0, 1);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(RingError::Untrusted {
+                    path: path.to_path_buf(),
+                    reason: "is a symbolic link; the writer never follows one: remove it".into(),
+                })
+            }
             Err(e) => return Err(RingError::io("open", path, e)),
         };
-        let Some(file) = existing else {
-            return Self::create(path, spec, opts, 0, 1);
-        };
+        let meta = file
+            .metadata()
+            .map_err(|e| RingError::io("stat", path, e))?;
+        if !meta.is_file() {
+            return Err(RingError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        let euid = rustix::process::geteuid().as_raw();
+        if meta.uid() != euid {
+            return Err(RingError::Untrusted {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "is owned by uid {}, not by this process (uid {euid}); remove it and the \
+                     writer creates its own",
+                    meta.uid()
+                ),
+            });
+        }
+        if meta.nlink() > 1 {
+            return Err(RingError::Untrusted {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "has {} hard links, so writing it would change a file elsewhere; remove it \
+                     and the writer creates a new one",
+                    meta.nlink()
+                ),
+            });
+        }
         if !sys::try_lock_writer(&file).map_err(|e| RingError::io("lock", path, e))? {
             let pid = read_pid(&file).unwrap_or(0);
             return Err(RingError::WriterActive {
@@ -87,10 +142,7 @@ impl Writer {
                 pid,
             });
         }
-        let len = file
-            .metadata()
-            .map_err(|e| RingError::io("stat", path, e))?
-            .len();
+        let len = meta.len();
         let mut page = vec![0u8; layout::HEADER_SIZE as usize];
         let parsed = if len >= layout::HEADER_SIZE {
             read_page(&file, &mut page).map_err(|e| RingError::io("read", path, e))?;
@@ -98,9 +150,13 @@ impl Writer {
         } else {
             Err(layout::HeaderError::TooSmall { len })
         };
+        let wanted = Geometry::for_spec(spec, 0, 0).expect("checked above");
         match parsed {
             Ok(g) if g.matches(spec) && g.slot_size == wanted.slot_size => {
                 apply_permissions(&file, path, opts)?;
+                // A file with holes (punched, or left sparse) would kill this writer with
+                // SIGBUS on a full tmpfs at the first store into a hole: allocate it all now.
+                allocate(&file, path, g.file_size)?;
                 let mem =
                     Mem::map_rw(&file, g.file_size).map_err(|e| RingError::io("map", path, e))?;
                 let head = mem.u64_at(off::HEAD as u64).load(Ordering::Relaxed);
@@ -120,68 +176,58 @@ impl Writer {
                 trace_event!(debug, path = %path.display(), head, epoch, "reopened ring");
                 Ok(w)
             }
-            Ok(old) => {
-                let old_mem =
-                    Mem::map_rw(&file, old.file_size).map_err(|e| RingError::io("map", path, e))?;
+            Ok(_) => {
+                // Only the header page of the old file is written (to retire it): allocate and
+                // map just that page.
+                allocate(&file, path, layout::HEADER_SIZE)?;
+                let old_mem = Mem::map_rw(&file, layout::HEADER_SIZE)
+                    .map_err(|e| RingError::io("map", path, e))?;
                 let head = old_mem.u64_at(off::HEAD as u64).load(Ordering::Relaxed);
                 let epoch = old_mem.u64_at(off::EPOCH as u64).load(Ordering::Relaxed);
-                let new = Self::create(path, spec, opts, head, epoch.wrapping_add(1))?;
+                let new = Self::create(dir, name, spec, opts, head, epoch.wrapping_add(1))?;
                 retire(&old_mem);
                 trace_event!(info, path = %path.display(), head, "ring geometry changed; old file retired");
                 Ok(new)
             }
             Err(_e) => {
                 trace_event!(warn, path = %path.display(), error = %_e, "replacing unusable ring file");
-                Self::create(path, spec, opts, 0, 1)
+                Self::create(dir, name, spec, opts, 0, 1)
             }
         }
     }
 
-    /// Build a fresh file beside `path` and rename it into place, so that readers only ever see
-    /// a complete header.
+    /// Build a fresh file in `dir`, anonymous (`O_TMPFILE`) or under an unpredictable name, and
+    /// rename it over `name`, so that readers only ever see a complete header. A writer killed
+    /// meanwhile leaves nothing behind, or a temporary file [`RingDir::sweep`] removes.
     fn create(
-        path: &Path,
+        dir: &RingDir,
+        name: &str,
         spec: &RingSpec,
         opts: &CreateOptions,
         base: u64,
         epoch: u64,
     ) -> Result<Writer, RingError> {
+        let path = dir.path().join(name);
         let geometry = Geometry::for_spec(spec, sys::realtime_ns(), base).map_err(|reason| {
             RingError::BadSpec {
                 name: spec.name.clone(),
                 reason,
             }
         })?;
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{file_name}.tmp.{}", std::process::id()));
-        let _ = fs::remove_file(&tmp);
+        let (file, temp) = dir
+            .create_temp(name, opts.mode)
+            .map_err(|e| RingError::io("create a temporary file in", dir.path(), e))?;
         let result = (|| {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(opts.mode)
-                .open(&tmp)
-                .map_err(|e| RingError::io("create", &tmp, e))?;
-            apply_permissions(&file, &tmp, opts)?;
-            if !sys::try_lock_writer(&file).map_err(|e| RingError::io("lock", &tmp, e))? {
+            apply_permissions(&file, &path, opts)?;
+            if !sys::try_lock_writer(&file).map_err(|e| RingError::io("lock", &path, e))? {
                 return Err(RingError::WriterActive {
-                    path: tmp.clone(),
+                    path: path.clone(),
                     pid: 0,
                 });
             }
-            sys::allocate(&file, geometry.file_size).map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOSPC) | Some(libc::EFBIG) => RingError::NoSpace {
-                    path: path.to_path_buf(),
-                    needed: geometry.file_size,
-                },
-                _ => RingError::io("allocate", &tmp, e),
-            })?;
+            allocate(&file, &path, geometry.file_size)?;
             let mut mem = Mem::map_rw(&file, geometry.file_size)
-                .map_err(|e| RingError::io("map", &tmp, e))?;
+                .map_err(|e| RingError::io("map", &path, e))?;
             geometry.encode(mem.bytes_mut(0, layout::HEADER_SIZE));
             mem.u64_at(off::EPOCH as u64)
                 .store(epoch, Ordering::Relaxed);
@@ -195,14 +241,17 @@ impl Writer {
                     page[0] = 0;
                 }
             }
-            fs::rename(&tmp, path).map_err(|e| RingError::io("rename", path, e))?;
-            Ok((file, mem))
+            dir.install(&file, temp.clone(), name, name)
+                .map_err(|e| RingError::io("rename", &path, e))?;
+            Ok(mem)
         })();
-        let (file, mem) = result.inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
+        let mem = result.inspect_err(|_| {
+            if let Some(t) = &temp {
+                dir.remove(t);
+            }
         })?;
         let w = Writer {
-            path: path.to_path_buf(),
+            path: path.clone(),
             _file: file,
             mem,
             geometry,
@@ -399,6 +448,16 @@ fn apply_permissions(file: &File, path: &Path, opts: &CreateOptions) -> Result<(
         })?;
     }
     Ok(())
+}
+
+fn allocate(file: &File, path: &Path, len: u64) -> Result<(), RingError> {
+    sys::allocate(file, len).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EFBIG) => RingError::NoSpace {
+            path: path.to_path_buf(),
+            needed: len,
+        },
+        _ => RingError::io("allocate", path, e),
+    })
 }
 
 fn read_page(file: &File, page: &mut [u8]) -> std::io::Result<()> {

@@ -1,6 +1,11 @@
 //! A loom model of the ring's seqlock protocol, running the very functions the writer and
 //! reader use (`edgeplex_ring::seqlock`) against loom's atomics and fences.
 //!
+//! The payload words are loaded with relaxed atomic loads, which is exactly what the reader's
+//! copy does (`Message::copy_to`: a byte-wise atomic memcpy, crate `atomic-memcpy`, relaxed
+//! loads), so the model covers the copy path too; `src/sys.rs` has a test of that copy against
+//! a concurrent writer meant for miri.
+//!
 //! The model: a ring of 2 slots, each a seqlock word and a 2-word payload; one writer thread
 //! publishes 3 messages (payload words = message number + 1), one reader makes a bounded number
 //! of attempts and lags behind as the scheduler pleases. Loom explores the interleavings and

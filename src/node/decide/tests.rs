@@ -32,7 +32,7 @@ fn stream(name: &str, kind: &str, up: bool, error: Option<&str>) -> HealthSnapsh
         started: true,
         last_error: error.map(str::to_owned),
         ring: Some((
-            PathBuf::from(format!("/dev/shm/edgeplex/{name}.ring")),
+            PathBuf::from(format!("/dev/shm/edgeplex/{name}/{name}.ring")),
             8,
             4096,
         )),
@@ -106,7 +106,7 @@ fn labels_follow_devices_and_power() {
     );
     let rings: Value = serde_json::from_str(&d.annotations[keys::RINGS_ANNOTATION]).unwrap();
     assert_eq!(rings[0]["stream"], "cam0");
-    assert_eq!(rings[0]["path"], "/dev/shm/edgeplex/cam0.ring");
+    assert_eq!(rings[0]["path"], "/dev/shm/edgeplex/cam0/cam0.ring");
     let battery: Value = serde_json::from_str(&d.annotations[keys::BATTERY_ANNOTATION]).unwrap();
     assert_eq!(battery["capacity_percent"], 15);
     assert_eq!(battery["time_to_empty_minutes"], 50);

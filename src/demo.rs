@@ -9,9 +9,9 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::agent::{ring_path, AgentError, RunOptions, Started};
-use crate::config::values::Listen;
 use crate::config::{Config, ConfigError, StreamConfig};
 use crate::kube::KubeMode;
+use crate::settings::values::Listen;
 use crate::source::synthetic::{NmeaSimSettings, TestPatternSettings};
 
 /// `edgeplex demo`

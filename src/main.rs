@@ -47,7 +47,7 @@ fn dispatch(cli: &Cli) -> Result<(), Error> {
                 print!("{}", config.to_toml());
                 return Ok(());
             }
-            Ok(edgeplex::failover::run(&config)?)
+            Ok(edgeplex::failover::run(&config.failover, &config.kube)?)
         }
         command => {
             // The tools take no configuration file; the log flags and variables still apply.

@@ -17,7 +17,7 @@
 //! naming the key, the bad value and what is allowed (exit 64). [`Config::to_toml`] prints the
 //! effective configuration in the same syntax, which `edgeplex run` accepts again.
 
-pub mod values;
+pub use crate::settings::values;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

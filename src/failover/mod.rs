@@ -79,7 +79,7 @@ mod settings;
 
 pub use controller::Controller;
 pub use metrics::FailoverMetrics;
-pub use settings::{FailoverArgs, FailoverSettings};
+pub use settings::FailoverSettings;
 
 use crate::shutdown::Shutdown;
 
@@ -128,9 +128,13 @@ pub enum FailoverError {
     NoCluster,
 }
 
-/// `edgeplex failover` with a loaded configuration: run the controller until SIGTERM or SIGINT.
-pub fn run(config: &crate::config::Config) -> Result<(), FailoverError> {
-    let settings = config.failover.clone();
+/// `edgeplex failover`: run the controller with `settings`, reaching the cluster as `kube` says,
+/// until SIGTERM or SIGINT.
+pub fn run(
+    settings: &FailoverSettings,
+    kube: &crate::kube::KubeSettings,
+) -> Result<(), FailoverError> {
+    let settings = settings.clone();
     let shutdown = Shutdown::install().map_err(FailoverError::Signals)?;
     let registry = crate::metrics::new_registry()?;
     let metrics = FailoverMetrics::register(&registry).map_err(FailoverError::Metrics)?;
@@ -149,11 +153,11 @@ pub fn run(config: &crate::config::Config) -> Result<(), FailoverError> {
         .build()
         .map_err(FailoverError::Runtime)?;
     runtime.block_on(async {
-        let client = crate::kube::connect_as(&config.kube, FIELD_MANAGER)
+        let client = crate::kube::connect_as(kube, FIELD_MANAGER)
             .await?
             .ok_or(FailoverError::NoCluster)?;
         let identity = settings.resolved_identity();
-        Controller::new(client, settings, config.kube.clone(), identity, metrics)
+        Controller::new(client, settings, kube.clone(), identity, metrics)
             .run(shutdown)
             .await;
         Ok::<(), FailoverError>(())

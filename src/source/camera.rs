@@ -15,8 +15,8 @@ use v4l::video::Capture;
 use v4l::{Format, FourCC};
 
 use super::{Device, Opener, SourceError, StreamHealth};
-use crate::config::values::FourCc;
 use crate::ring::{layout, Meta, RingSpec, StreamKind, VideoFormat, Writer};
+use crate::settings::values::FourCc;
 
 const PERMISSION_HINT: &str =
     "connect the camera interface (snap connect edgeplex:camera) or add the agent's user to the video group";

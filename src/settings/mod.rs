@@ -5,6 +5,8 @@
 //! and what is allowed. Modules that own settings (`source::*`, `power`, `kube`, `node`,
 //! `failover`) depend on this module, never on `config`, which assembles them.
 
+pub mod values;
+
 use serde::Deserialize;
 use toml::{Table, Value};
 

@@ -298,7 +298,7 @@ fn hostile_scrapers_do_not_stop_capture() {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let _demo = demo(rings.path(), addr, FPS);
     wait_http(addr, "/metrics");
-    let cam = rings.path().join("cam0.ring");
+    let cam = edgeplex::ring::ring_path(rings.path(), "cam0");
     wait_for("the camera's first frame", LIMIT, || newest(&cam));
 
     // Slowloris: connections that send half a request and then nothing.

@@ -67,10 +67,8 @@
 //! 0 success; 64 usage error (bad `--since`, missing `--out`, unusable state file); 66 ring
 //! missing or corrupt; 1 anything else, notably a failed upload.
 
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -78,8 +76,17 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
-use crate::ring::{self, layout, Reader, Recv, Start, StreamKind};
+mod sink;
+mod state;
+mod upload;
+
+use sink::{sanitize, Record, Sink};
+use state::{load_state, lock_state, save_state};
+pub use upload::HttpUrl;
+use upload::Uploader;
+
+use crate::ring::{self, Reader, Recv, Start, StreamKind};
+use crate::settings::ConfigError;
 
 /// `edgeplex export`
 #[derive(Debug, Args)]
@@ -214,43 +221,6 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_millis(n.checked_mul(ms)?))
 }
 
-/// A parsed `http://host[:port]/path` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUrl {
-    /// `host:port` to connect to.
-    pub authority: String,
-    /// Value of the `Host` header.
-    pub host: String,
-    /// Path prefix without a trailing slash (may be empty).
-    pub path: String,
-}
-
-impl HttpUrl {
-    /// Parse `http://host[:port][/path]`. TLS is not supported.
-    pub fn parse(url: &str) -> Option<HttpUrl> {
-        let rest = url.strip_prefix("http://")?;
-        let (auth, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        if auth.is_empty() || auth.contains('@') || path.contains(['?', '#', ' ']) {
-            return None;
-        }
-        let authority = if auth.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']')) {
-            let (_, port) = auth.rsplit_once(':')?;
-            port.parse::<u16>().ok()?;
-            auth.to_owned()
-        } else {
-            format!("{auth}:80")
-        };
-        Some(HttpUrl {
-            authority,
-            host: auth.to_owned(),
-            path: path.trim_end_matches('/').to_owned(),
-        })
-    }
-}
-
 /// `edgeplex export RING --out DIR ...`
 pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -366,58 +336,11 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
     let prefix = format!("{stream}-{from}-{end}");
     let mut sink = Sink::new(&out_dir, &stream, &prefix, format)?;
 
-    let mut next = from; // first message of the window not yet accounted for
-    let mut pending_gap: Option<(u64, u64)> = None; // since mode: a gap waiting for a verdict
-    let mut gaps: Vec<Gap> = Vec::new();
-    let mut exported = 0u64;
-    let mut last: Option<(u64, u64)> = prev.as_ref().and_then(|s| s.last_seq.zip(s.last_epoch));
-    let mut buf = Vec::new();
-    loop {
-        let msg = match reader.try_next()? {
-            Recv::Message(m) => m,
-            Recv::Reopened => continue,
-            Recv::TimedOut => break,
-        };
-        let n = msg.seq();
-        if before(n, from) {
-            continue; // exported by an earlier run
-        }
-        if !before(n, end) {
-            break; // published after this run started: the next run's
-        }
-        let lost = n.wrapping_sub(next);
-        if lost > 0 {
-            pending_gap = Some((next, n));
-        }
-        next = n.wrapping_add(1);
-        let in_window = cutoff.is_none_or(|c| msg.publish_ns() >= c);
-        if let Some((a, b)) = pending_gap.take() {
-            if in_window {
-                gaps.push(sink.gap(a, b, "overwritten")?);
-            }
-        }
-        if !in_window {
-            continue;
-        }
-        let meta = Record {
-            seq: n,
-            epoch: msg.epoch(),
-            device_seq: msg.device_seq(),
-            capture_ns: msg.capture_ns(),
-            publish_ns: msg.publish_ns(),
-            flags: msg.flags(),
-        };
-        if !msg.copy_to(&mut buf) {
-            gaps.push(sink.gap(n, n.wrapping_add(1), "torn")?);
-            continue;
-        }
-        sink.message(&meta, &buf, reader.geometry())?;
-        exported += 1;
-        last = Some((n, meta.epoch));
-    }
-    if next != end {
-        gaps.push(sink.gap(next, end, "overwritten")?);
-    }
+    let Copied {
+        exported,
+        gaps,
+        last,
+    } = copy_window(&mut reader, &mut sink, from, end, cutoff, prev.as_ref())?;
     let total_gaps: u64 = gaps.iter().map(|g| g.count).sum();
     for gp in &gaps {
         tracing::warn!(ring = %args.ring.display(), from_seq = gp.from_seq, to_seq = gp.to_seq,
@@ -426,9 +349,10 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
     let files = sink.finish(exported + gaps.len() as u64 > 0)?;
 
     let mut uploaded = 0u64;
-    if let Some(url) = &url {
+    if let Some(url) = url {
+        let uploader = Uploader::new(url, args.retries, attempt_timeout)?;
         for name in &files {
-            upload(url, &out_dir.join(name), name, args.retries, attempt_timeout).with_context(|| {
+            uploader.upload(&out_dir.join(name), name).with_context(|| {
                 format!(
                     "upload of {name} to {} failed; the state is unchanged, so the next run retries this window",
                     args.upload.as_deref().unwrap_or_default()
@@ -479,425 +403,86 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What [`copy_window`] copied.
+struct Copied {
+    exported: u64,
+    gaps: Vec<Gap>,
+    /// Number and epoch of the last message exported so far (by any run).
+    last: Option<(u64, u64)>,
+}
+
+/// Copy the messages `[from, end)` the reader still holds into `sink` (those published at or
+/// after `cutoff`, if given), and account for every one that is gone as a gap.
+fn copy_window(
+    reader: &mut Reader,
+    sink: &mut Sink,
+    from: u64,
+    end: u64,
+    cutoff: Option<u64>,
+    prev: Option<&ExportState>,
+) -> anyhow::Result<Copied> {
+    let mut next = from; // first message of the window not yet accounted for
+    let mut pending_gap: Option<(u64, u64)> = None; // since mode: a gap waiting for a verdict
+    let mut gaps: Vec<Gap> = Vec::new();
+    let mut exported = 0u64;
+    let mut last: Option<(u64, u64)> = prev.and_then(|s| s.last_seq.zip(s.last_epoch));
+    let mut buf = Vec::new();
+    loop {
+        let msg = match reader.try_next()? {
+            Recv::Message(m) => m,
+            Recv::Reopened => continue,
+            Recv::TimedOut => break,
+        };
+        let n = msg.seq();
+        if before(n, from) {
+            continue; // exported by an earlier run
+        }
+        if !before(n, end) {
+            break; // published after this run started: the next run's
+        }
+        let lost = n.wrapping_sub(next);
+        if lost > 0 {
+            pending_gap = Some((next, n));
+        }
+        next = n.wrapping_add(1);
+        let in_window = cutoff.is_none_or(|c| msg.publish_ns() >= c);
+        if let Some((a, b)) = pending_gap.take() {
+            if in_window {
+                gaps.push(sink.gap(a, b, "overwritten")?);
+            }
+        }
+        if !in_window {
+            continue;
+        }
+        let meta = Record {
+            seq: n,
+            epoch: msg.epoch(),
+            device_seq: msg.device_seq(),
+            capture_ns: msg.capture_ns(),
+            publish_ns: msg.publish_ns(),
+            flags: msg.flags(),
+        };
+        if !msg.copy_to(&mut buf) {
+            gaps.push(sink.gap(n, n.wrapping_add(1), "torn")?);
+            continue;
+        }
+        sink.message(&meta, &buf, reader.geometry())?;
+        exported += 1;
+        last = Some((n, meta.epoch));
+    }
+    if next != end {
+        gaps.push(sink.gap(next, end, "overwritten")?);
+    }
+    Ok(Copied {
+        exported,
+        gaps,
+        last,
+    })
+}
+
 /// `a` comes before `b` in message order (wrapping arithmetic, as RING.md requires).
 fn before(a: u64, b: u64) -> bool {
     (a.wrapping_sub(b) as i64) < 0
-}
-
-fn sanitize(s: &str) -> String {
-    let s: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.is_empty() || s.starts_with('.') {
-        format!("ring{s}")
-    } else {
-        s
-    }
-}
-
-/// Take an exclusive lock on `<state>.lock` (kept, never removed: removing lock files races).
-fn lock_state(path: &Path) -> anyhow::Result<File> {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    let lock_path = PathBuf::from(name);
-    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create state directory {}", dir.display()))?;
-    }
-    // Never through a symlink, and only a lock file of our own: in a shared directory another
-    // user must not make this create a file elsewhere, nor hold our lock.
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&lock_path)
-        .with_context(|| {
-            format!(
-                "cannot open lock file {} (a symlink is refused)",
-                lock_path.display()
-            )
-        })?;
-    let meta = file.metadata()?;
-    if !meta.is_file() || meta.uid() != crate::ring::effective_uid() {
-        anyhow::bail!(
-            "lock file {} is not a regular file of this user (uid {}); remove it, or keep the state file in a directory only you can write",
-            lock_path.display(),
-            meta.uid()
-        );
-    }
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "another export using state file {} is running; let it finish (in Kubernetes set the CronJob's concurrencyPolicy: Forbid)",
-            path.display()
-        ),
-        Err(fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
-        }
-    }
-}
-
-fn load_state(path: &Path) -> anyhow::Result<Option<ExportState>> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(usage(format!(
-                "export: cannot read state file {}: {e}",
-                path.display()
-            )))
-        }
-    };
-    let st: ExportState = serde_json::from_str(&text).map_err(|e| {
-        usage(format!(
-            "export: state file {} is not valid ({e}); fix or delete it (deleting exports everything the ring holds)",
-            path.display()
-        ))
-    })?;
-    if st.next_seq == u64::MAX || st.last_seq == Some(u64::MAX) {
-        return Err(usage(format!(
-            "export: state file {} is not valid (next_seq {} is beyond any ring); fix or delete it (deleting exports everything the ring holds)",
-            path.display(),
-            st.next_seq
-        )));
-    }
-    if st.version != 1 {
-        return Err(usage(format!(
-            "export: state file {} has version {}, this edgeplex knows 1; delete it to start over",
-            path.display(),
-            st.version
-        )));
-    }
-    Ok(Some(st))
-}
-
-fn save_state(path: &Path, st: &ExportState) -> anyhow::Result<()> {
-    let mut text = serde_json::to_vec(st)?;
-    text.push(b'\n');
-    write_atomic(path, |f| f.write_all(&text))
-        .with_context(|| format!("cannot write state file {}", path.display()))
-}
-
-/// Write `path` through a temporary file in the same directory, fsync, rename, fsync the dir.
-fn write_atomic(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
-    let mut tmp = temp_file(path)?;
-    fill(tmp.as_file_mut())?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    sync_parent(path)
-}
-
-/// A new file beside `path` under an unpredictable name (`O_CREAT|O_EXCL`, so never through a
-/// symlink), removed unless persisted. Renaming it over `path` replaces a symlink there rather
-/// than following it.
-fn temp_file(path: &Path) -> io::Result<tempfile::NamedTempFile> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    tempfile::Builder::new()
-        .prefix(&format!(".{name}.tmp."))
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .tempfile_in(dir)
-}
-
-fn sync_parent(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => File::open(p)?.sync_all(),
-        _ => File::open(".")?.sync_all(),
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-struct Record {
-    seq: u64,
-    epoch: u64,
-    device_seq: u64,
-    capture_ns: u64,
-    publish_ns: u64,
-    flags: u32,
-}
-
-/// Where messages go: the JSON-lines file (samples, or the frame index) plus frame files.
-struct Sink {
-    dir: PathBuf,
-    stream: String,
-    format: Format,
-    lines_name: String,
-    lines: BufWriter<tempfile::NamedTempFile>,
-    frames: Vec<String>,
-}
-
-impl Sink {
-    fn new(dir: &Path, stream: &str, prefix: &str, format: Format) -> anyhow::Result<Sink> {
-        let lines_name = match format {
-            Format::Frames => format!("{prefix}.index.jsonl"),
-            _ => format!("{prefix}.jsonl"),
-        };
-        let file = temp_file(&dir.join(&lines_name))
-            .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-        Ok(Sink {
-            dir: dir.to_path_buf(),
-            stream: stream.to_owned(),
-            format,
-            lines_name,
-            lines: BufWriter::new(file),
-            frames: Vec::new(),
-        })
-    }
-
-    fn line(&mut self, v: &serde_json::Value) -> anyhow::Result<()> {
-        serde_json::to_writer(&mut self.lines, v)?;
-        self.lines.write_all(b"\n")?;
-        Ok(())
-    }
-
-    fn gap(&mut self, from: u64, to: u64, reason: &'static str) -> anyhow::Result<Gap> {
-        let gap = Gap {
-            from_seq: from,
-            to_seq: to,
-            count: to.wrapping_sub(from),
-            reason,
-        };
-        let mut v = serde_json::to_value(&gap)?;
-        v["type"] = "gap".into();
-        self.line(&v)?;
-        Ok(gap)
-    }
-
-    fn message(
-        &mut self,
-        meta: &Record,
-        payload: &[u8],
-        g: &layout::Geometry,
-    ) -> anyhow::Result<()> {
-        let mut v = serde_json::to_value(meta)?;
-        v["len"] = payload.len().into();
-        match self.format {
-            Format::Frames => {
-                let file = format!("{}-{}.{}", self.stream, meta.seq, frame_ext(g));
-                let path = self.dir.join(&file);
-                write_atomic(&path, |f| f.write_all(payload))
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                v["type"] = "frame".into();
-                v["file"] = file.clone().into();
-                v["width"] = g.video.width.into();
-                v["height"] = g.video.height.into();
-                v["fourcc"] = layout::fourcc_str(g.video.fourcc).into();
-                v["stride"] = g.video.stride.into();
-                self.frames.push(file);
-            }
-            _ => {
-                v["type"] = "sample".into();
-                match std::str::from_utf8(payload) {
-                    Ok(s) => {
-                        v["encoding"] = "utf8".into();
-                        v["payload"] = s.into();
-                    }
-                    Err(_) => {
-                        v["encoding"] = "base64".into();
-                        v["payload"] = base64(payload).into();
-                    }
-                }
-            }
-        }
-        self.line(&v)
-    }
-
-    /// Close the lines file: keep it (renamed into place) if `keep`, else remove it. Returns the
-    /// file names in upload order: frames, then the lines file.
-    fn finish(self, keep: bool) -> anyhow::Result<Vec<String>> {
-        let Sink {
-            dir,
-            lines_name,
-            lines,
-            mut frames,
-            ..
-        } = self;
-        let file = lines
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("cannot write {}", dir.join(&lines_name).display()))?;
-        if !keep {
-            drop(file); // removes the temporary file
-            return Ok(frames);
-        }
-        let path = dir.join(&lines_name);
-        (|| {
-            file.as_file().sync_all()?;
-            file.persist(&path).map_err(|e| e.error)?;
-            sync_parent(&path)
-        })()
-        .with_context(|| format!("cannot write {}", path.display()))?;
-        frames.push(lines_name);
-        Ok(frames)
-    }
-}
-
-impl std::fmt::Debug for Sink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sink")
-            .field("dir", &self.dir)
-            .field("lines", &self.lines_name)
-            .field("frames", &self.frames.len())
-            .finish()
-    }
-}
-
-fn frame_ext(g: &layout::Geometry) -> String {
-    match &layout::fourcc_str(g.video.fourcc)[..] {
-        "MJPG" | "JPEG" => "jpg".into(),
-        _ if g.video.fourcc == 0 => "bin".into(),
-        s => sanitize(&s.to_ascii_lowercase()),
-    }
-}
-
-/// Base64, RFC 4648 standard alphabet, with `=` padding.
-pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Upload one file, retrying transient failures with exponential backoff.
-///
-/// Each attempt has a total deadline, `limit`. The state file is written only after every file
-/// was acknowledged, so an attempt cut off by its deadline loses nothing: the next attempt (or
-/// run) sends the same files under the same names again, and a PUT of a name replaces it.
-fn upload(
-    url: &HttpUrl,
-    path: &Path,
-    name: &str,
-    retries: u32,
-    limit: Duration,
-) -> anyhow::Result<()> {
-    let body = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let hash = crate::ring::fnv1a64(&body);
-    let target = format!("{}/{}", url.path, name);
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let err = match put(url, &target, &body, hash, Instant::now() + limit) {
-            Ok(status) if (200..300).contains(&status) => return Ok(()),
-            Ok(status) => {
-                let e = anyhow::anyhow!("server answered HTTP {status}");
-                if !(status >= 500 || status == 408 || status == 429) {
-                    return Err(e);
-                }
-                e
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => anyhow::anyhow!(
-                "attempt exceeded its deadline of {:.1}s (--attempt-timeout): {e}",
-                limit.as_secs_f64()
-            ),
-            Err(e) => anyhow::Error::new(e),
-        };
-        if attempt > retries {
-            return Err(err.context(format!("{attempt} attempts")));
-        }
-        tracing::warn!(file = name, attempt, error = %err, "upload failed; retrying");
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// Time left until `deadline`, or a `TimedOut` error when it has passed.
-fn left(deadline: Instant) -> io::Result<Duration> {
-    let d = deadline.saturating_duration_since(Instant::now());
-    if d.is_zero() {
-        return Err(io::Error::new(io::ErrorKind::TimedOut, "no time left"));
-    }
-    Ok(d)
-}
-
-/// One HTTP/1.1 PUT, all of it (connect, send, response) before `deadline`; returns the
-/// response status.
-fn put(url: &HttpUrl, target: &str, body: &[u8], hash: u64, deadline: Instant) -> io::Result<u16> {
-    let timed_out = |e: io::Error| match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            io::Error::new(io::ErrorKind::TimedOut, e.to_string())
-        }
-        _ => e,
-    };
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "host resolves to no address");
-    let mut conn = None;
-    for addr in url.authority.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, left(deadline)?.min(Duration::from_secs(10))) {
-            Ok(s) => {
-                conn = Some(s);
-                break;
-            }
-            Err(e) => last = e,
-        }
-    }
-    let mut s = conn.ok_or(last)?;
-    let head = format!(
-        "PUT {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: edgeplex/{}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nX-Edgeplex-Fnv1a64: {hash:016x}\r\nConnection: close\r\n\r\n",
-        url.host,
-        env!("CARGO_PKG_VERSION"),
-        body.len()
-    );
-    // Chunks, so that the deadline is checked while a slow server drains the body.
-    for chunk in head
-        .as_bytes()
-        .chunks(64 * 1024)
-        .chain(body.chunks(64 * 1024))
-    {
-        s.set_write_timeout(Some(left(deadline)?))?;
-        s.write_all(chunk).map_err(timed_out)?;
-    }
-    // The status line is all we need; read up to the end of the headers (bounded).
-    let mut resp = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !resp.windows(2).any(|w| w == b"\r\n") && resp.len() < 16 * 1024 {
-        s.set_read_timeout(Some(left(deadline)?))?;
-        let n = s.read(&mut chunk).map_err(timed_out)?;
-        if n == 0 {
-            break;
-        }
-        resp.extend_from_slice(&chunk[..n]);
-    }
-    let line = resp.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    match (
-        parts.next(),
-        parts.next().and_then(|c| c.parse::<u16>().ok()),
-    ) {
-        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => Ok(code),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("not an HTTP response: {:?}", line.trim()),
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -915,34 +500,6 @@ mod tests {
         for bad in ["", "h", "1x", "-1s", "1.5h", "99999999999999999999s"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
-    }
-
-    #[test]
-    fn urls() {
-        let u = HttpUrl::parse("http://127.0.0.1:8080/up/").expect("valid");
-        assert_eq!(u.authority, "127.0.0.1:8080");
-        assert_eq!(u.path, "/up");
-        let u = HttpUrl::parse("http://example.com").expect("valid");
-        assert_eq!(u.authority, "example.com:80");
-        assert_eq!(u.path, "");
-        assert!(HttpUrl::parse("https://example.com/").is_none());
-        assert!(HttpUrl::parse("http://h:99999/").is_none());
-        assert!(HttpUrl::parse("http:///x").is_none());
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! The V4L2 camera source (crate `v4l`): negotiate a format, stream with MMAP buffers, and copy
-//! each frame into a slot the ring lends, with the driver's timestamp and sequence.
+//! The V4L2 camera source: negotiate a format (crate `v4l`), stream with MMAP buffers through a
+//! capture queue that owns its buffers (crate `edgeplex-v4l2`), and copy each frame into a slot
+//! the ring lends, with the driver's timestamp and sequence.
+//!
+//! "No frame yet" is waiting, never a failure, however slow the camera: only the stall timeout
+//! turns a silent camera into a failure.
 //!
 //! It runs on its stream's own thread and never waits on anything but the device. It owns no
 //! ring: the supervisor hands it a writer.
@@ -7,10 +11,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use edgeplex_v4l2::CaptureQueue;
 use serde::Deserialize;
-use v4l::buffer::{Flags as BufFlags, Type};
-use v4l::io::mmap::Stream;
-use v4l::io::traits::CaptureStream;
 use v4l::video::Capture;
 use v4l::{Format, FourCC};
 
@@ -134,9 +136,7 @@ pub struct Camera {
     name: String,
     device: PathBuf,
     format: Format,
-    stream: Stream<'static>,
-    // Keep the device open for as long as the stream is.
-    _dev: v4l::Device,
+    queue: CaptureQueue,
     stall: Duration,
     last_frame: Instant,
     slot_count: u32,
@@ -227,9 +227,8 @@ impl Opener for CameraOpener {
                 tracing::warn!(error = %e, "camera does not accept a frame rate; using its default")
             }
         }
-        let mut stream = Stream::with_buffers(&dev, Type::VideoCapture, s.buffers)
-            .map_err(|e| io("map buffers of", e))?;
-        stream.set_timeout(Duration::from_millis(200));
+        let mut queue = CaptureQueue::mmap(dev, s.buffers).map_err(|e| io("map buffers of", e))?;
+        queue.start().map_err(|e| io("start streaming on", e))?;
         tracing::info!(
             device = %path.display(), card = %caps.card, driver = %caps.driver,
             format = %format!("{}x{} {} stride {}", got.width, got.height, layout::fourcc_str(got_fourcc), got.stride),
@@ -239,8 +238,7 @@ impl Opener for CameraOpener {
             name: self.name.clone(),
             device: path.clone(),
             format: got,
-            stream,
-            _dev: dev,
+            queue,
             stall: Duration::from_secs_f64(s.stall_timeout_secs),
             last_frame: Instant::now(),
             slot_count: s.slot_count,
@@ -271,13 +269,11 @@ impl Device for Camera {
         health: &StreamHealth,
         max_wait: Duration,
     ) -> Result<(), SourceError> {
-        let wait_ms = max_wait.as_millis().clamp(1, i32::MAX as u128) as i32;
-        self.stream
-            .set_timeout(Duration::from_millis(wait_ms as u64));
-        match CaptureStream::next(&mut self.stream) {
-            Ok((buf, meta)) => {
+        match self.queue.dequeue(max_wait) {
+            Ok(Some(frame)) => {
                 self.last_frame = Instant::now();
-                let used = (meta.bytesused as usize).min(buf.len());
+                let buf = self.queue.data(&frame).unwrap_or_default();
+                let used = buf.len();
                 let mut loan = writer.lend();
                 let slot = loan.buf();
                 let len = used.min(slot.len());
@@ -288,25 +284,24 @@ impl Device for Camera {
                     health.truncated();
                     health.dropped(used - len);
                 }
-                if meta.flags.contains(BufFlags::ERROR) {
+                if frame.is_error() {
                     flags |= layout::FLAG_DEVICE_ERROR;
                 }
-                let ts = meta.timestamp;
-                let capture_ns = (ts.sec as u64)
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(ts.usec as u64 * 1000);
+                let capture_ns = u64::try_from(frame.timestamp().as_nanos()).unwrap_or(u64::MAX);
                 loan.commit(
                     len,
                     Meta {
                         capture_ns,
-                        device_seq: u64::from(meta.sequence),
+                        device_seq: u64::from(frame.sequence()),
                         flags,
                     },
                 );
                 health.published(len);
-                Ok(())
+                self.queue.requeue(frame).map_err(|e| {
+                    SourceError::from_io(&self.device, "queue a buffer on", e, PERMISSION_HINT)
+                })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            Ok(None) => {
                 writer.heartbeat();
                 if self.last_frame.elapsed() > self.stall {
                     return Err(SourceError::Disconnected {

@@ -10,6 +10,11 @@ use super::layout::{self, desc, off, Geometry, RingSpec};
 use super::seqlock::{self, StdFence};
 use super::sys::{self, Mem};
 
+// Lending several slots to a device (a child module: it uses the writer's private state).
+#[path = "lend.rs"]
+mod lend;
+pub use lend::{Lender, LentSlot};
+
 /// How ring files are created.
 #[derive(Debug, Clone)]
 pub struct CreateOptions {

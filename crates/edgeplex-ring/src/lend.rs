@@ -12,7 +12,8 @@
 //! It must not know about devices: it deals in message numbers, addresses and lengths.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use super::layout::desc;
 use super::seqlock::{self, StdFence};
@@ -32,8 +33,10 @@ impl LentSlot {
         self.n
     }
     /// Start of the slot's payload area in the writer's mapping (page-aligned for video rings).
-    /// Valid while the [`Writer`] that lent it is alive; nothing else in this process reads or
-    /// writes it until it is committed or abandoned.
+    /// It may be written (by a device, or through this pointer) only while the slot is lent:
+    /// until it is committed or abandoned, or its [`Lender`] dropped, and while the [`Writer`] is
+    /// alive. Nothing else in this process touches it meanwhile (the writer lends no slot itself
+    /// while slots are lent).
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr
     }
@@ -47,12 +50,35 @@ impl LentSlot {
     }
 }
 
-/// The slots currently lent, oldest first. Owned by the source, used with its [`Writer`]; while a
-/// `Lender` holds slots, publish only through it (not with [`Writer::publish`] or
-/// [`Writer::lend`]).
+/// How many slots of a writer are lent to a device. Shared by the [`Writer`] (which refuses to
+/// lend a slot itself while any is lent) and the [`Lender`] lending from it.
+#[derive(Debug, Default)]
+pub(super) struct LentCount(Arc<AtomicUsize>);
+
+impl LentCount {
+    /// Panic if slots are lent: the writer's next slot is one the device may be writing.
+    pub(super) fn assert_none(&self) {
+        // Relaxed: the count is only changed by this thread, through `&mut Writer`.
+        let k = self.0.load(Ordering::Relaxed);
+        assert!(
+            k == 0,
+            "Writer::lend or publish while {k} slots are lent to a device: commit or abandon them first"
+        );
+    }
+}
+
+/// The slots currently lent, oldest first. Owned by the source, used with its [`Writer`]. While
+/// it holds slots, the writer refuses [`Writer::lend`] and [`Writer::publish`] (they panic): the
+/// next slot is one the device may be writing.
+///
+/// Dropping a `Lender` with slots lent gives them back without clearing their marks (it has no
+/// access to the writer); the next `Lender` to lend from that writer clears them. Whoever handed a
+/// [`LentSlot::as_ptr`] to a device must make sure the device has stopped writing first.
 #[derive(Debug, Default)]
 pub struct Lender {
     lent: VecDeque<LentSlot>,
+    /// The lent count of the writer this lender lends from.
+    count: Option<Arc<AtomicUsize>>,
 }
 
 impl Lender {
@@ -74,11 +100,27 @@ impl Lender {
     /// Lend the slot of the next message after those already lent, marked as being written.
     /// `None` when that would leave readers no slot at all (at most `slot_count - 1` are lent).
     ///
-    /// If `w` published since the first lend (a bug in the caller), the old loans are abandoned
-    /// first, so numbering stays contiguous.
+    /// # Panics
+    /// If another `Lender` has slots of `w` lent, or this one has slots of another writer lent.
     pub fn lend(&mut self, w: &mut Writer) -> Option<LentSlot> {
-        if self.lent.front().is_some_and(|s| s.n != w.head) {
-            self.abandon(w);
+        let ours = self
+            .count
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &w.lent.0));
+        if !ours {
+            assert!(
+                self.lent.is_empty(),
+                "Lender::lend from a second writer while slots of the first are lent"
+            );
+            // Relaxed: changed only through `&mut Writer`, on this thread.
+            let other = w.lent.0.load(Ordering::Relaxed);
+            assert!(
+                other == 0,
+                "another Lender has {other} slots of this writer lent"
+            );
+            // Marks left by a dropped lender or a killed writer: no device writes them now.
+            w.clear_abandoned();
+            self.count = Some(w.lent.0.clone());
         }
         let count = u64::from(w.geometry.slot_count);
         if self.lent.len() as u64 + 1 >= count {
@@ -95,19 +137,23 @@ impl Lender {
             len: len as usize,
         };
         self.lent.push_back(s);
+        w.lent.0.fetch_add(1, Ordering::Relaxed);
         Some(s)
     }
 
     /// Publish the oldest lent slot as the next message, with the first `len` bytes (at most the
-    /// slot size) and `meta`; wakes readers. Returns its message number, or `None` if nothing is
-    /// lent (or `w` published behind the lender's back, which abandons the loans).
+    /// slot size) and `meta`; wakes readers. Returns its message number, or `None` if nothing of
+    /// `w` is lent.
     pub fn commit_oldest(&mut self, w: &mut Writer, len: usize, meta: Meta) -> Option<u64> {
-        let s = *self.lent.front()?;
-        if s.n != w.head {
-            self.abandon(w);
-            return None;
-        }
+        let ours = self
+            .count
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &w.lent.0));
+        let s = *self.lent.front().filter(|_| ours)?;
+        // The writer lends nothing itself while we hold slots, so the oldest is message `head`.
+        debug_assert_eq!(s.n, w.head);
         self.lent.pop_front();
+        w.lent.0.fetch_sub(1, Ordering::Relaxed);
         let slot = s.n % u64::from(w.geometry.slot_count);
         let len = len.min(s.len);
         Some(
@@ -124,8 +170,21 @@ impl Lender {
     /// [`Writer::clear_abandoned`]). Call it once the device no longer writes them (after
     /// `VIDIOC_STREAMOFF`, or with the device closed).
     pub fn abandon(&mut self, w: &mut Writer) {
-        self.lent.clear();
+        self.release();
         w.clear_abandoned();
+    }
+
+    fn release(&mut self) {
+        if let Some(c) = &self.count {
+            c.fetch_sub(self.lent.len(), Ordering::Relaxed);
+        }
+        self.lent.clear();
+    }
+}
+
+impl Drop for Lender {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

@@ -135,7 +135,7 @@ fn lent_slots_are_skipped_committed_in_order_and_abandoned_cleanly() {
 }
 
 #[test]
-fn publishing_behind_a_lenders_back_abandons_its_loans() {
+fn the_writer_lends_nothing_itself_while_a_device_holds_slots() {
     let dir = tempfile::Builder::new()
         .prefix("edgeplex-lend-")
         .tempdir_in("/dev/shm")
@@ -144,8 +144,27 @@ fn publishing_behind_a_lenders_back_abandons_its_loans() {
     let mut w = Writer::open(&path, &spec(4), &CreateOptions::default()).expect("writer");
     let mut lender = Lender::new();
     lender.lend(&mut w).expect("lend");
-    w.publish(b"x", Meta::default()).expect("publish");
-    assert_eq!(lender.commit_oldest(&mut w, 1, Meta::default()), None);
-    assert_eq!(lender.lent(), 0);
-    assert_eq!(lender.lend(&mut w).map(|s| s.seq()), Some(1));
+    let publish = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        w.publish(b"x", Meta::default())
+    }));
+    assert!(
+        publish.is_err(),
+        "publish into a slot a device may be writing"
+    );
+    let second = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Lender::new().lend(&mut w).map(|s| s.seq())
+    }));
+    assert!(second.is_err(), "a second lender");
+    lender.abandon(&mut w);
+    assert_eq!(w.publish(b"x", Meta::default()).expect("publish"), 0);
+    // A lender dropped with slots lent releases them; the next lender clears their marks.
+    let mut lender = Lender::new();
+    lender.lend(&mut w).expect("lend");
+    lender.lend(&mut w).expect("lend");
+    drop(lender);
+    assert_eq!(w.publish(b"y", Meta::default()).expect("publish"), 1);
+    let mut lender = Lender::new();
+    assert_eq!(lender.lend(&mut w).map(|s| s.seq()), Some(2));
+    lender.abandon(&mut w);
+    assert_eq!(w.clear_abandoned(), 0);
 }

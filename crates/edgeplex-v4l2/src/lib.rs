@@ -11,10 +11,16 @@
 //! `v4l`'s own streams re-queue a buffer that is still queued after a poll timeout (`EINVAL`,
 //! "invalid buffer state active" from vb2) and panic in `Drop` when `VIDIOC_STREAMOFF` fails.
 //!
+//! [`RingCapture`] is the zero-copy path: a `USERPTR` queue whose buffers are the next slots of
+//! an `edgeplex-ring` ring, lent by its writer, so the driver writes each frame where readers read
+//! it.
+//!
 //! This crate and `edgeplex-ring` are the only crates of edgeplex with `unsafe` code: ioctls with
 //! pointers to kernel structs, and `mmap` of driver buffers. Every `unsafe` block carries a
 //! `// SAFETY:` comment. It must not know about rings, configuration or metrics.
 
 mod queue;
+mod ring;
 
 pub use queue::{CaptureQueue, Frame};
+pub use ring::{Committed, RingCapture, StartError};

@@ -15,6 +15,7 @@ use std::io;
 use std::os::raw::{c_int, c_void};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use v4l::v4l2::vidioc;
@@ -22,6 +23,7 @@ use v4l::v4l_sys as sys;
 
 const CAPTURE: u32 = sys::v4l2_buf_type_V4L2_BUF_TYPE_VIDEO_CAPTURE;
 const MEMORY_MMAP: u32 = sys::v4l2_memory_V4L2_MEMORY_MMAP;
+const MEMORY_USERPTR: u32 = sys::v4l2_memory_V4L2_MEMORY_USERPTR;
 
 /// Distinguishes the frames of one queue from those of another.
 static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
@@ -79,9 +81,10 @@ enum State {
 
 #[derive(Debug)]
 struct Buffer {
-    /// Start of our `PROT_READ` mapping of the buffer.
+    /// MMAP: start of our `PROT_READ` mapping of the buffer (unmapped in Drop). USERPTR: the
+    /// caller's memory last queued (never unmapped by us), dangling before the first queue.
     ptr: NonNull<u8>,
-    /// Length of the mapping (the buffer's `length` from QUERYBUF).
+    /// Length of the mapping or of the caller's memory.
     len: usize,
     state: State,
     /// Which dequeue of this buffer the current [`Frame`] came from.
@@ -100,9 +103,15 @@ pub struct Frame {
     flags: u32,
     sequence: u32,
     timestamp: Duration,
+    userptr: usize,
 }
 
 impl Frame {
+    /// For a user-pointer queue: the address of the memory the driver filled (the one queued
+    /// with this buffer). 0 for an MMAP queue.
+    pub fn user_ptr(&self) -> usize {
+        self.userptr
+    }
     /// The driver's buffer index.
     pub fn index(&self) -> u32 {
         self.index
@@ -129,70 +138,50 @@ impl Frame {
     }
 }
 
-/// A V4L2 single-planar video capture queue with `MMAP` buffers, owning the device.
+/// A V4L2 single-planar video capture queue with `MMAP` or `USERPTR` buffers.
 ///
 /// Create it after the format is negotiated, [`start`](CaptureQueue::start) it, then loop on
 /// [`dequeue`](CaptureQueue::dequeue) / [`data`](CaptureQueue::data) /
 /// [`requeue`](CaptureQueue::requeue). Dropping it stops streaming (ignoring a device that is
-/// gone), unmaps and frees the buffers, and closes the device.
+/// gone), unmaps and frees the buffers; it holds the device's descriptor open while it lives.
 ///
 /// The device must be open in non-blocking mode (`v4l::Device::with_path` opens with
 /// `O_NONBLOCK`), so that a dequeue with no finished buffer returns instead of blocking.
 pub struct CaptureQueue {
     id: u64,
     fd: c_int,
+    memory: u32,
     bufs: Vec<Buffer>,
     streaming: bool,
     next_generation: u64,
-    // Last, so it is dropped (closing the descriptor) after `Drop::drop` used it.
-    dev: v4l::Device,
+    // Keeps the descriptor open while `Drop::drop` uses it.
+    _handle: Arc<v4l::device::Handle>,
 }
 
 impl std::fmt::Debug for CaptureQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaptureQueue")
             .field("fd", &self.fd)
+            .field("memory", &self.memory)
             .field("bufs", &self.bufs)
             .field("streaming", &self.streaming)
             .finish_non_exhaustive()
     }
 }
 
-// SAFETY: the raw pointers are to mappings owned by this value (not thread-local in any way);
-// moving the queue to another thread moves the ownership of the mappings and the descriptor with
-// it. `CaptureQueue` is not `Sync`: all mutation goes through `&mut self`.
+// SAFETY: the raw pointers are to mappings owned by this value (MMAP) or to the caller's memory
+// (USERPTR, never dereferenced here), neither thread-local in any way; moving the queue to another
+// thread moves the ownership of the mappings and the descriptor with it. `CaptureQueue` is not `Sync`: all mutation goes through `&mut self`.
 unsafe impl Send for CaptureQueue {}
 
 impl CaptureQueue {
     /// Request `count` `MMAP` buffers from the driver of `dev` and map them. The driver may grant
     /// a different number (at least one); [`buffer_count`](CaptureQueue::buffer_count) says how
     /// many.
-    pub fn mmap(dev: v4l::Device, count: u32) -> io::Result<CaptureQueue> {
-        let fd = dev.handle().fd();
-        let mut q = CaptureQueue {
-            id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
-            fd,
-            bufs: Vec::new(),
-            streaming: false,
-            next_generation: 0,
-            dev,
-        };
-        let mut req = sys::v4l2_requestbuffers {
-            count,
-            type_: CAPTURE,
-            memory: MEMORY_MMAP,
-            capabilities: 0,
-            flags: 0,
-            reserved: [0; 3],
-        };
-        // SAFETY: VIDIOC_REQBUFS takes a v4l2_requestbuffers, which holds no pointers.
-        unsafe { ioctl(fd, vidioc::VIDIOC_REQBUFS, &mut req) }?;
-        if req.count == 0 {
-            return Err(io::Error::other(
-                "the driver granted no capture buffers (VIDIOC_REQBUFS returned 0)",
-            ));
-        }
-        for index in 0..req.count {
+    pub fn mmap(dev: &v4l::Device, count: u32) -> io::Result<CaptureQueue> {
+        let (mut q, granted) = CaptureQueue::request(dev, count, MEMORY_MMAP)?;
+        let fd = q.fd;
+        for index in 0..granted {
             let mut b = v4l2_buffer(index, MEMORY_MMAP);
             // SAFETY: VIDIOC_QUERYBUF takes a v4l2_buffer; with MMAP memory and a single-planar
             // type the kernel follows no pointer in it.
@@ -228,9 +217,104 @@ impl CaptureQueue {
         Ok(q)
     }
 
-    /// The device this queue streams from (for controls and queries; not for another stream).
-    pub fn device(&self) -> &v4l::Device {
-        &self.dev
+    /// Request `count` `USERPTR` buffers from the driver of `dev`: the caller provides the memory
+    /// of each buffer when it queues it ([`queue_user`](CaptureQueue::queue_user)). Fails
+    /// (usually `EINVAL`) when the driver does not support user pointers.
+    pub fn userptr(dev: &v4l::Device, count: u32) -> io::Result<CaptureQueue> {
+        let (mut q, granted) = CaptureQueue::request(dev, count, MEMORY_USERPTR)?;
+        for _ in 0..granted {
+            q.bufs.push(Buffer {
+                ptr: NonNull::dangling(),
+                len: 0,
+                state: State::Idle,
+                generation: 0,
+            });
+        }
+        Ok(q)
+    }
+
+    fn request(dev: &v4l::Device, count: u32, memory: u32) -> io::Result<(CaptureQueue, u32)> {
+        let handle = dev.handle();
+        let fd = handle.fd();
+        let q = CaptureQueue {
+            id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
+            fd,
+            memory,
+            bufs: Vec::new(),
+            streaming: false,
+            next_generation: 0,
+            _handle: handle,
+        };
+        let mut req = sys::v4l2_requestbuffers {
+            count,
+            type_: CAPTURE,
+            memory,
+            capabilities: 0,
+            flags: 0,
+            reserved: [0; 3],
+        };
+        // SAFETY: VIDIOC_REQBUFS takes a v4l2_requestbuffers, which holds no pointers.
+        unsafe { ioctl(fd, vidioc::VIDIOC_REQBUFS, &mut req) }?;
+        if req.count == 0 {
+            return Err(io::Error::other(
+                "the driver granted no capture buffers (VIDIOC_REQBUFS returned 0)",
+            ));
+        }
+        Ok((q, req.count))
+    }
+
+    /// Whether this queue's buffers are the caller's memory (`USERPTR`).
+    pub fn is_userptr(&self) -> bool {
+        self.memory == MEMORY_USERPTR
+    }
+
+    /// Queue buffer `index` of a `USERPTR` queue with the `len` bytes at `ptr` as its memory.
+    /// The buffer must not be queued already.
+    ///
+    /// # Safety
+    ///
+    /// From this call until the buffer is dequeued ([`dequeue`](CaptureQueue::dequeue) returns
+    /// it), or the queue is stopped or dropped, the driver may write `ptr .. ptr + len` at any
+    /// time: that memory must be writable, must stay mapped, and nothing in this process may
+    /// read or write it or hold a reference to it meanwhile. (The kernel pins the pages while the
+    /// buffer is queued, so unmapping it early does not let the driver write elsewhere; it is
+    /// still a bug.)
+    pub unsafe fn queue_user(&mut self, index: u32, ptr: *mut u8, len: usize) -> io::Result<()> {
+        let i = index as usize;
+        let Some(buf) = self.bufs.get(i) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no buffer {index}: the driver granted {}", self.bufs.len()),
+            ));
+        };
+        if !self.is_userptr() || buf.state == State::Queued {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "queue_user needs a USERPTR queue and a buffer that is not queued",
+            ));
+        }
+        let (Some(p), Ok(length)) = (NonNull::new(ptr), u32::try_from(len)) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a user pointer buffer needs a non-null address and a length below 4 GiB",
+            ));
+        };
+        let mut b = v4l2_buffer(index, MEMORY_USERPTR);
+        b.m.userptr = ptr as std::os::raw::c_ulong;
+        b.length = length;
+        // SAFETY: VIDIOC_QBUF takes a v4l2_buffer. With USERPTR memory the kernel pins and later
+        // writes `ptr .. ptr + len`, which our caller guarantees is writable memory nothing else
+        // in this process touches until the buffer comes back or the queue stops.
+        let r = unsafe { ioctl(self.fd, vidioc::VIDIOC_QBUF, &mut b) };
+        let buf = &mut self.bufs[i];
+        if r.is_ok() {
+            buf.ptr = p;
+            buf.len = len;
+            buf.state = State::Queued;
+        } else {
+            buf.state = State::Idle;
+        }
+        r
     }
 
     /// How many buffers the driver granted.
@@ -244,11 +328,14 @@ impl CaptureQueue {
         self.streaming
     }
 
-    /// Queue every buffer the driver does not hold and start streaming. Frames from before are
+    /// Queue every buffer the driver does not hold (`MMAP`) and start streaming. Frames from before are
     /// no longer valid (their buffers are queued again).
+    ///
+    /// A `USERPTR` queue queues nothing itself: queue its buffers with
+    /// [`queue_user`](CaptureQueue::queue_user) first.
     pub fn start(&mut self) -> io::Result<()> {
         for index in 0..self.bufs.len() {
-            if self.bufs[index].state != State::Queued {
+            if !self.is_userptr() && self.bufs[index].state != State::Queued {
                 self.qbuf(index)?;
             }
         }
@@ -330,7 +417,12 @@ impl CaptureQueue {
     /// The bytes the driver wrote into `frame`'s buffer (`bytesused`, at most the buffer's
     /// length), or `None` if `frame` is not a frame this queue currently holds (from another
     /// queue, or invalidated by [`start`](CaptureQueue::start) / [`stop`](CaptureQueue::stop)).
+    ///
+    /// Always `None` for a `USERPTR` queue: that memory is the caller's.
     pub fn data(&self, frame: &Frame) -> Option<&[u8]> {
+        if self.is_userptr() {
+            return None;
+        }
         let b = self.held(frame)?;
         let n = (frame.bytesused as usize).min(b.len);
         // SAFETY: `b.ptr..b.ptr + b.len` is our live PROT_READ mapping of the buffer; it is
@@ -341,9 +433,10 @@ impl CaptureQueue {
         Some(unsafe { std::slice::from_raw_parts(b.ptr.as_ptr(), n) })
     }
 
-    /// Give `frame`'s buffer back to the driver.
+    /// Give `frame`'s buffer back to the driver (`MMAP`; a `USERPTR` buffer is queued again
+    /// with [`queue_user`](CaptureQueue::queue_user)).
     pub fn requeue(&mut self, frame: Frame) -> io::Result<()> {
-        if self.held(&frame).is_none() {
+        if self.is_userptr() || self.held(&frame).is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "this frame is not held by this capture queue (stale after start/stop)",
@@ -360,6 +453,7 @@ impl CaptureQueue {
 
     fn qbuf(&mut self, index: usize) -> io::Result<()> {
         debug_assert_ne!(self.bufs[index].state, State::Queued);
+        debug_assert_eq!(self.memory, MEMORY_MMAP);
         let mut b = v4l2_buffer(index as u32, MEMORY_MMAP);
         // SAFETY: VIDIOC_QBUF takes a v4l2_buffer; with MMAP memory and a single-planar type the
         // kernel follows no pointer in it, and writes into memory it allocated and we mapped
@@ -375,9 +469,9 @@ impl CaptureQueue {
     }
 
     fn try_dqbuf(&mut self) -> io::Result<Option<Frame>> {
-        let mut b = v4l2_buffer(0, MEMORY_MMAP);
-        // SAFETY: VIDIOC_DQBUF takes a v4l2_buffer; with MMAP memory and a single-planar type the
-        // kernel follows no pointer in it.
+        let mut b = v4l2_buffer(0, self.memory);
+        // SAFETY: VIDIOC_DQBUF takes a v4l2_buffer; with MMAP or USERPTR memory and a
+        // single-planar type the kernel follows no pointer in it (it reports the user pointer).
         match unsafe { ioctl(self.fd, vidioc::VIDIOC_DQBUF, &mut b) } {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
@@ -399,7 +493,14 @@ impl CaptureQueue {
         buf.state = State::Dequeued;
         buf.generation = self.next_generation;
         let ts = b.timestamp;
+        let userptr = if self.is_userptr() {
+            // SAFETY: for USERPTR memory the kernel set the `userptr` member of the union.
+            unsafe { b.m.userptr as usize }
+        } else {
+            0
+        };
         Ok(Some(Frame {
+            userptr,
             queue: self.id,
             index: b.index,
             generation: self.next_generation,
@@ -421,14 +522,16 @@ impl Drop for CaptureQueue {
             let _ = self.stop();
         }
         for b in self.bufs.drain(..) {
-            // SAFETY: `b.ptr`/`b.len` is a mapping made in `mmap` and unmapped only here, once
-            // (drained); no borrow of it can outlive `&mut self`.
-            unsafe { libc::munmap(b.ptr.as_ptr().cast::<c_void>(), b.len) };
+            if self.memory == MEMORY_MMAP {
+                // SAFETY: `b.ptr`/`b.len` is a mapping made in `mmap` and unmapped only here,
+                // once (drained); no borrow of it can outlive `&mut self`.
+                unsafe { libc::munmap(b.ptr.as_ptr().cast::<c_void>(), b.len) };
+            }
         }
         let mut req = sys::v4l2_requestbuffers {
             count: 0,
             type_: CAPTURE,
-            memory: MEMORY_MMAP,
+            memory: self.memory,
             capabilities: 0,
             flags: 0,
             reserved: [0; 3],

@@ -557,6 +557,20 @@ phase() { # phase IO
 }
 phase userptr
 phase mmap
+
+# auto falls back to MMAP when the driver refuses user pointers: vivid's "Inject VIDIOC_REQBUFS Error"
+# makes its next VIDIOC_REQBUFS fail, which is the USERPTR one.
+v4l2-ctl -d /dev/video0 -c inject_vidioc_reqbufs_error=1 || fail "cannot inject a REQBUFS error"
+printf '%s\n' '[ring]' 'dir = "/dev/shm/rings"' '[metrics]' 'listen = "127.0.0.1:9464"' > /tmp/auto.toml
+cam cam0 /dev/video0 640 480 YUYV auto >> /tmp/auto.toml
+edgeplex run --config /tmp/auto.toml > /tmp/agent-auto.log 2>&1 &
+agent=$!
+wait_for 30 -e /dev/shm/rings/cam0.ring || fail "auto: no cam0 ring"
+edgeplex ring cat /dev/shm/rings/cam0.ring --meta --from next --count 3 --idle-timeout 30 | sed 's/^/AUTO: /'
+edgeplex ring inspect /dev/shm/rings/cam0.ring | sed 's/^/INSPECT-auto: /'
+kill $agent
+wait $agent || true
+sed 's/^/LOG-auto: /' /tmp/agent-auto.log
 "##;
 
 #[test]
@@ -565,6 +579,7 @@ fn zero_copy_capture_into_ring_slots_matches_mmap() {
     let out = h
         .scenario(ZERO_COPY_BODY)
         .file(EDGEPLEX)
+        .file("/usr/bin/v4l2-ctl")
         .env("EDGEPLEX_VM_VIVID", "none") // the body loads two
         .timeout(secs(240))
         .run();
@@ -682,6 +697,36 @@ fn zero_copy_capture_into_ring_slots_matches_mmap() {
         );
         cpu_per_frame.insert(io, per_frame);
     }
+    // auto with a driver that refuses user pointers: MMAP and a copy, said once, same ring size.
+    let auto_log: Vec<&str> = out.lines_with("LOG-auto: ").collect();
+    let fallbacks: Vec<&&str> = auto_log
+        .iter()
+        .filter(|l| l.contains("no zero-copy"))
+        .collect();
+    assert_eq!(fallbacks.len(), 1, "fallback logged once: {auto_log:#?}");
+    assert!(
+        fallbacks[0].contains("refuses user pointer buffers"),
+        "{fallbacks:?}"
+    );
+    assert!(
+        auto_log
+            .iter()
+            .any(|l| l.contains("camera open") && l.contains("io=\"mmap\"")),
+        "{auto_log:#?}"
+    );
+    assert!(
+        !auto_log.iter().any(|l| l.contains("stream failed")),
+        "{auto_log:#?}"
+    );
+    let auto = frames(&out, "AUTO: ");
+    assert_eq!(auto.len(), 3, "frames after the fallback");
+    assert!(auto
+        .iter()
+        .all(|f| f["len"] == 640 * 480 * 2 && f["intact"] == true));
+    assert!(out
+        .lines_with("INSPECT-auto: ")
+        .any(|l| l.starts_with("slots:        12 x")));
+
     // A figure, not an assertion (tests never assert timing): see the closing note of issue 16.
     let (zc, copy) = (cpu_per_frame["userptr"], cpu_per_frame["mmap"]);
     eprintln!(

@@ -55,6 +55,12 @@ pub struct CameraSettings {
     /// `userptr` (fail if the driver refuses), `mmap` (always copy).
     #[serde(default)]
     pub io: IoMode,
+    /// Nice value of the capture thread (-20 ..= 19; lower runs first), so that woken readers do
+    /// not preempt it mid-frame. Raising priority (below 0) needs CAP_SYS_NICE: in the snap the
+    /// `process-control` interface, in a pod `securityContext.capabilities.add: ["SYS_NICE"]`.
+    /// Unset: the agent's own.
+    #[serde(default)]
+    pub nice: Option<i32>,
 }
 
 /// How a camera's frames reach its ring (`io = ...`).
@@ -113,6 +119,13 @@ impl CameraSettings {
                 self.format
             ));
         }
+        if let Some(n) = self.nice {
+            if !(-20..=19).contains(&n) {
+                return Err(format!(
+                    "{prefix}.nice = {n} is out of range: allowed -20..=19 (lower runs first)"
+                ));
+            }
+        }
         if !(self.stall_timeout_secs > 0.0 && self.stall_timeout_secs <= 3600.0) {
             return Err(format!(
                 "{prefix}.stall_timeout_secs = {} must be between 0 and 3600",
@@ -141,6 +154,22 @@ pub struct CameraOpener {
     settings: CameraSettings,
     /// The reason `auto` fell back to MMAP, once logged (logged again only when it changes).
     fallback_logged: FallbackLog,
+    /// The nice value was applied to this (the stream's) thread, or the failure logged.
+    nice_applied: bool,
+}
+
+/// Set the calling thread's nice value. Failure is logged, never fatal: the camera still works.
+fn apply_nice(nice: i32) {
+    let tid = rustix::thread::gettid();
+    match rustix::process::setpriority_process(Some(tid), nice) {
+        Ok(()) => tracing::info!(nice, "capture thread priority set"),
+        Err(e) => tracing::warn!(
+            nice,
+            error = %e,
+            "cannot set the capture thread's priority; raising it needs CAP_SYS_NICE \
+             (snap connect edgeplex:process-control, or add SYS_NICE to the pod's capabilities)"
+        ),
+    }
 }
 
 /// The last fallback reason logged for a stream, shared by its opener and its cameras.
@@ -222,6 +251,7 @@ impl CameraOpener {
             name: name.to_owned(),
             settings,
             fallback_logged: FallbackLog::default(),
+            nice_applied: false,
         }
     }
 }
@@ -255,6 +285,11 @@ impl Opener for CameraOpener {
     type Device = Camera;
 
     fn open(&mut self) -> Result<Camera, SourceError> {
+        // `open` runs on the stream's own thread: set its priority once.
+        if let (Some(nice), false) = (self.settings.nice, self.nice_applied) {
+            apply_nice(nice);
+            self.nice_applied = true;
+        }
         let s = &self.settings;
         let path = &s.device;
         let io = |op, e| SourceError::from_io(path, op, e, PERMISSION_HINT);
@@ -484,5 +519,46 @@ impl Device for Camera {
                 PERMISSION_HINT,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nice_applies_to_the_calling_thread_only() {
+        let before = rustix::process::getpriority_process(None).expect("getpriority");
+        let on_thread = std::thread::spawn(|| {
+            // Lowering priority needs no privilege.
+            apply_nice(7);
+            rustix::process::getpriority_process(Some(rustix::thread::gettid()))
+                .expect("getpriority")
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(on_thread, 7);
+        assert_eq!(
+            rustix::process::getpriority_process(None).expect("getpriority"),
+            before,
+            "the rest of the agent keeps its priority"
+        );
+    }
+
+    #[test]
+    fn io_and_nice_are_parsed_and_checked() {
+        let parse = |extra: &str| -> Result<CameraSettings, String> {
+            let s: CameraSettings = toml::from_str(&format!("device = \"/dev/video0\"\n{extra}"))
+                .map_err(|e| e.to_string())?;
+            s.validate("stream.cam0").map(|()| s)
+        };
+        assert_eq!(parse("").unwrap().io, IoMode::Auto);
+        assert_eq!(parse("io = \"userptr\"").unwrap().io, IoMode::Userptr);
+        assert_eq!(parse("io = \"mmap\"").unwrap().io, IoMode::Mmap);
+        assert!(parse("io = \"dmabuf\"").is_err());
+        assert_eq!(parse("nice = -5").unwrap().nice, Some(-5));
+        let e = parse("nice = -21").unwrap_err();
+        assert!(e.contains("stream.cam0.nice = -21"), "{e}");
+        assert!(parse("nice = 20").is_err());
     }
 }

@@ -1,5 +1,11 @@
-//! The V4L2 camera source (crate `v4l`): negotiate a format, stream with MMAP buffers, and copy
-//! each frame into a slot the ring lends, with the driver's timestamp and sequence.
+//! The V4L2 camera source: negotiate a format (crate `v4l`), and capture through a queue that owns
+//! its buffers (crate `edgeplex-v4l2`): with `USERPTR` buffers that are ring slots, so the driver
+//! writes each frame where readers read it (no copy), or with `MMAP` buffers copied into a slot
+//! the ring lends. Either way each message carries the driver's timestamp, sequence and error
+//! flag.
+//!
+//! "No frame yet" is waiting, never a failure, however slow the camera: only the stall timeout
+//! turns a silent camera into a failure.
 //!
 //! It runs on its stream's own thread and never waits on anything but the device. It owns no
 //! ring: the supervisor hands it a writer.
@@ -7,11 +13,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use edgeplex_v4l2::{CaptureQueue, RingCapture};
 use serde::Deserialize;
-use v4l::buffer::{Flags as BufFlags, Type};
-use v4l::io::mmap::Stream;
-use v4l::io::traits::CaptureStream;
-use v4l::video::Capture;
+use v4l::video::Capture as _;
 use v4l::{Format, FourCC};
 
 use super::{Device, Opener, SourceError, StreamHealth};
@@ -48,6 +52,30 @@ pub struct CameraSettings {
     /// Seconds without a frame after which the camera counts as failed.
     #[serde(default = "default_stall")]
     pub stall_timeout_secs: f64,
+    /// How frames reach the ring: `auto` (user pointers into ring slots, else MMAP and a copy),
+    /// `userptr` (fail if the driver refuses), `mmap` (always copy).
+    #[serde(default)]
+    pub io: IoMode,
+    /// Nice value of the capture thread (-20 ..= 19; lower runs first), so that woken readers do
+    /// not preempt it mid-frame. Raising priority (below 0) needs CAP_SYS_NICE: in the snap the
+    /// `process-control` interface, in a pod `securityContext.capabilities.add: ["SYS_NICE"]`.
+    /// Unset: the agent's own.
+    #[serde(default)]
+    pub nice: Option<i32>,
+}
+
+/// How a camera's frames reach its ring (`io = ...`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// `USERPTR` into ring slots when the driver supports it and the image fits a slot; otherwise
+    /// `MMAP` plus one copy, logged once with the reason.
+    #[default]
+    Auto,
+    /// `USERPTR` into ring slots, or the stream fails with the reason.
+    Userptr,
+    /// `MMAP` buffers, each frame copied into a slot.
+    Mmap,
 }
 
 fn default_width() -> u32 {
@@ -89,6 +117,13 @@ impl CameraSettings {
         check_range(prefix, "fps", self.fps, 1, 1000)?;
         check_range(prefix, "buffers", self.buffers, 2, 32)?;
         check_range(prefix, "slot_count", self.slot_count, 2, 1024)?;
+        if let Some(n) = self.nice {
+            if !(-20..=19).contains(&n) {
+                return Err(format!(
+                    "{prefix}.nice = {n} is out of range: allowed -20..=19 (lower runs first)"
+                ));
+            }
+        }
         if !(self.stall_timeout_secs > 0.0 && self.stall_timeout_secs <= 3600.0) {
             return Err(format!(
                 "{prefix}.stall_timeout_secs = {} must be between 0 and 3600",
@@ -102,7 +137,7 @@ impl CameraSettings {
 impl CameraSettings {
     /// The ring a stream called `name` with these settings is planned to need: the requested
     /// size at the format's bytes per pixel (2 for compressed formats). The real ring follows
-    /// what the device negotiates.
+    /// what the device negotiates; user-pointer capture adds a slot per buffer lent to the driver.
     pub fn ring_spec(&self, name: &str) -> RingSpec {
         let bytes_per_pixel: u64 = match &self.format.to_string()[..] {
             "GREY" => 1,
@@ -114,7 +149,10 @@ impl CameraSettings {
         RingSpec {
             name: name.to_owned(),
             kind: StreamKind::Video,
-            slot_count: self.slot_count,
+            slot_count: match self.io {
+                IoMode::Mmap => self.slot_count,
+                IoMode::Auto | IoMode::Userptr => self.slot_count.saturating_add(self.buffers),
+            },
             slot_size: stride * u64::from(self.height),
             video: Some(VideoFormat {
                 width: self.width,
@@ -142,6 +180,96 @@ pub fn check_range(prefix: &str, key: &str, value: u32, lo: u32, hi: u32) -> Res
 pub struct CameraOpener {
     name: String,
     settings: CameraSettings,
+    /// The reason `auto` fell back to MMAP, once logged (logged again only when it changes).
+    fallback_logged: FallbackLog,
+    /// The nice value was applied to this (the stream's) thread, or the failure logged.
+    nice_applied: bool,
+}
+
+/// Set the calling thread's nice value. Failure is logged, never fatal: the camera still works.
+fn apply_nice(nice: i32) {
+    let tid = rustix::thread::gettid();
+    match rustix::process::setpriority_process(Some(tid), nice) {
+        Ok(()) => tracing::info!(nice, "capture thread priority set"),
+        Err(e) => tracing::warn!(
+            nice,
+            error = %e,
+            "cannot set the capture thread's priority; raising it needs CAP_SYS_NICE \
+             (snap connect edgeplex:process-control, or add SYS_NICE to the pod's capabilities)"
+        ),
+    }
+}
+
+/// The last fallback reason logged for a stream, shared by its opener and its cameras.
+type FallbackLog = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+/// Log that `auto` falls back to MMAP, once per stream and reason.
+fn log_fallback(logged: &FallbackLog, reason: String) {
+    let mut last = logged.lock().unwrap_or_else(|e| e.into_inner());
+    if last.as_deref() != Some(reason.as_str()) {
+        tracing::warn!(
+            reason = %reason,
+            "camera: no zero-copy capture; using MMAP buffers and one copy per frame"
+        );
+        *last = Some(reason);
+    }
+}
+
+/// How the open camera captures.
+#[derive(Debug)]
+enum Capture {
+    /// `USERPTR` buffers that are ring slots, started at the first pump (it needs the writer).
+    Userptr(RingCapture),
+    /// `MMAP` buffers, copied into a lent slot.
+    Mmap(CaptureQueue),
+    /// Between the two, while falling back.
+    Closed,
+}
+
+/// An MMAP queue, streaming.
+fn mmap_queue(dev: &v4l::Device, buffers: u32) -> std::io::Result<CaptureQueue> {
+    let mut q = CaptureQueue::mmap(dev, buffers)?;
+    q.start()?;
+    Ok(q)
+}
+
+/// Wait for one MMAP frame and copy it into a lent slot. `Ok(false)`: no frame yet.
+fn copy_frame(
+    queue: &mut CaptureQueue,
+    writer: &mut Writer,
+    health: &StreamHealth,
+    max_wait: Duration,
+) -> std::io::Result<bool> {
+    let Some(frame) = queue.dequeue(max_wait)? else {
+        return Ok(false);
+    };
+    let buf = queue.data(&frame).unwrap_or_default();
+    let used = buf.len();
+    let mut loan = writer.lend();
+    let slot = loan.buf();
+    let len = used.min(slot.len());
+    slot[..len].copy_from_slice(&buf[..len]);
+    let mut flags = 0;
+    if len < used {
+        flags |= layout::FLAG_TRUNCATED;
+        health.truncated();
+        health.dropped(used - len);
+    }
+    if frame.is_error() {
+        flags |= layout::FLAG_DEVICE_ERROR;
+    }
+    let capture_ns = u64::try_from(frame.timestamp().as_nanos()).unwrap_or(u64::MAX);
+    loan.commit(
+        len,
+        Meta {
+            capture_ns,
+            device_seq: u64::from(frame.sequence()),
+            flags,
+        },
+    );
+    health.published(len);
+    queue.requeue(frame)?;
+    Ok(true)
 }
 
 impl CameraOpener {
@@ -150,6 +278,8 @@ impl CameraOpener {
         CameraOpener {
             name: name.to_owned(),
             settings,
+            fallback_logged: FallbackLog::default(),
+            nice_applied: false,
         }
     }
 }
@@ -159,9 +289,12 @@ pub struct Camera {
     name: String,
     device: PathBuf,
     format: Format,
-    stream: Stream<'static>,
-    // Keep the device open for as long as the stream is.
-    _dev: v4l::Device,
+    capture: Capture,
+    // Declared after `capture`, so the descriptor closes after the queue let go of the buffers.
+    dev: v4l::Device,
+    fallback_logged: FallbackLog,
+    buffers: u32,
+    io: IoMode,
     stall: Duration,
     last_frame: Instant,
     slot_count: u32,
@@ -180,6 +313,11 @@ impl Opener for CameraOpener {
     type Device = Camera;
 
     fn open(&mut self) -> Result<Camera, SourceError> {
+        // `open` runs on the stream's own thread: set its priority once.
+        if let (Some(nice), false) = (self.settings.nice, self.nice_applied) {
+            apply_nice(nice);
+            self.nice_applied = true;
+        }
         let s = &self.settings;
         let path = &s.device;
         let io = |op, e| SourceError::from_io(path, op, e, PERMISSION_HINT);
@@ -252,24 +390,80 @@ impl Opener for CameraOpener {
                 tracing::warn!(error = %e, "camera does not accept a frame rate; using its default")
             }
         }
-        let mut stream = Stream::with_buffers(&dev, Type::VideoCapture, s.buffers)
-            .map_err(|e| io("map buffers of", e))?;
-        stream.set_timeout(Duration::from_millis(200));
+        let capture = match s.io {
+            IoMode::Mmap => None,
+            IoMode::Auto | IoMode::Userptr => {
+                let ring_slots = s.slot_count.saturating_add(s.buffers);
+                match RingCapture::new(&dev, ring_slots, s.buffers, got.size as usize) {
+                    Ok(c) => Some(c),
+                    Err(e) if s.io == IoMode::Userptr => {
+                        return Err(SourceError::Unsupported {
+                            device: path.clone(),
+                            detail: format!(
+                                "io = \"userptr\", but the driver refuses user pointer buffers \
+                                 ({e}); use io = \"auto\" or \"mmap\""
+                            ),
+                        })
+                    }
+                    Err(e) => {
+                        log_fallback(
+                            &self.fallback_logged,
+                            format!("the driver refuses user pointer buffers: {e}"),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let capture = match capture {
+            Some(c) => Capture::Userptr(c),
+            None => {
+                Capture::Mmap(mmap_queue(&dev, s.buffers).map_err(|e| io("map buffers of", e))?)
+            }
+        };
         tracing::info!(
             device = %path.display(), card = %caps.card, driver = %caps.driver,
             format = %format!("{}x{} {} stride {}", got.width, got.height, layout::fourcc_str(got_fourcc), got.stride),
+            io = if matches!(capture, Capture::Userptr(_)) { "userptr" } else { "mmap" },
             "camera open"
         );
         Ok(Camera {
             name: self.name.clone(),
             device: path.clone(),
             format: got,
-            stream,
-            _dev: dev,
+            capture,
+            dev,
+            fallback_logged: self.fallback_logged.clone(),
+            buffers: s.buffers,
+            io: s.io,
             stall: Duration::from_secs_f64(s.stall_timeout_secs),
             last_frame: Instant::now(),
             slot_count: s.slot_count,
         })
+    }
+}
+
+impl Camera {
+    /// Ring slots: the configured history, plus one slot per buffer lent to the driver when
+    /// capturing into slots (`auto` keeps that size after a fallback, so the ring is not
+    /// replaced).
+    fn ring_slots(&self) -> u32 {
+        match self.io {
+            IoMode::Mmap => self.slot_count,
+            IoMode::Auto | IoMode::Userptr => self.slot_count.saturating_add(self.buffers),
+        }
+    }
+
+    /// `auto` could not capture into slots: switch to MMAP and a copy, logged once.
+    fn fallback(&mut self, reason: String) -> Result<(), SourceError> {
+        log_fallback(&self.fallback_logged, reason);
+        // The user pointer queue lets go of its buffers before MMAP buffers are requested.
+        self.capture = Capture::Closed;
+        let q = mmap_queue(&self.dev, self.buffers).map_err(|e| {
+            SourceError::from_io(&self.device, "map buffers of", e, PERMISSION_HINT)
+        })?;
+        self.capture = Capture::Mmap(q);
+        Ok(())
     }
 }
 
@@ -279,7 +473,7 @@ impl Device for Camera {
         RingSpec {
             name: self.name.clone(),
             kind: StreamKind::Video,
-            slot_count: self.slot_count,
+            slot_count: self.ring_slots(),
             slot_size: u64::from(f.size),
             video: Some(VideoFormat {
                 width: f.width,
@@ -296,42 +490,47 @@ impl Device for Camera {
         health: &StreamHealth,
         max_wait: Duration,
     ) -> Result<(), SourceError> {
-        let wait_ms = max_wait.as_millis().clamp(1, i32::MAX as u128) as i32;
-        self.stream
-            .set_timeout(Duration::from_millis(wait_ms as u64));
-        match CaptureStream::next(&mut self.stream) {
-            Ok((buf, meta)) => {
+        let result = match &mut self.capture {
+            Capture::Mmap(queue) => copy_frame(queue, writer, health, max_wait),
+            Capture::Userptr(c) if !c.is_streaming() => match c.start(writer) {
+                Ok(()) => Ok(false),
+                Err(e) => {
+                    let _ = c.stop(writer);
+                    if self.io == IoMode::Userptr {
+                        return Err(SourceError::Unsupported {
+                            device: self.device.clone(),
+                            detail: format!("io = \"userptr\": {e}; use io = \"auto\" or \"mmap\""),
+                        });
+                    }
+                    self.fallback(format!("{e}"))?;
+                    Ok(false)
+                }
+            },
+            Capture::Userptr(c) => match c.next(writer, max_wait) {
+                Ok(Some(done)) => {
+                    if done.device_error {
+                        tracing::debug!(seq = done.seq, "driver flagged a frame as corrupt");
+                    }
+                    health.published(done.len);
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                Err(e) => {
+                    // Stop the driver before the slots are given back.
+                    let _ = c.stop(writer);
+                    Err(e)
+                }
+            },
+            Capture::Closed => Err(std::io::Error::other(
+                "capture queue closed after a failure",
+            )),
+        };
+        match result {
+            Ok(true) => {
                 self.last_frame = Instant::now();
-                let used = (meta.bytesused as usize).min(buf.len());
-                let mut loan = writer.lend();
-                let slot = loan.buf();
-                let len = used.min(slot.len());
-                slot[..len].copy_from_slice(&buf[..len]);
-                let mut flags = 0;
-                if len < used {
-                    flags |= layout::FLAG_TRUNCATED;
-                    health.truncated();
-                    health.dropped(used - len);
-                }
-                if meta.flags.contains(BufFlags::ERROR) {
-                    flags |= layout::FLAG_DEVICE_ERROR;
-                }
-                let ts = meta.timestamp;
-                let capture_ns = (ts.sec as u64)
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(ts.usec as u64 * 1000);
-                loan.commit(
-                    len,
-                    Meta {
-                        capture_ns,
-                        device_seq: u64::from(meta.sequence),
-                        flags,
-                    },
-                );
-                health.published(len);
                 Ok(())
             }
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            Ok(false) => {
                 writer.heartbeat();
                 if self.last_frame.elapsed() > self.stall {
                     return Err(SourceError::Disconnected {
@@ -348,5 +547,46 @@ impl Device for Camera {
                 PERMISSION_HINT,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nice_applies_to_the_calling_thread_only() {
+        let before = rustix::process::getpriority_process(None).expect("getpriority");
+        let on_thread = std::thread::spawn(|| {
+            // Lowering priority needs no privilege.
+            apply_nice(7);
+            rustix::process::getpriority_process(Some(rustix::thread::gettid()))
+                .expect("getpriority")
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(on_thread, 7);
+        assert_eq!(
+            rustix::process::getpriority_process(None).expect("getpriority"),
+            before,
+            "the rest of the agent keeps its priority"
+        );
+    }
+
+    #[test]
+    fn io_and_nice_are_parsed_and_checked() {
+        let parse = |extra: &str| -> Result<CameraSettings, String> {
+            let s: CameraSettings = toml::from_str(&format!("device = \"/dev/video0\"\n{extra}"))
+                .map_err(|e| e.to_string())?;
+            s.validate("stream.cam0").map(|()| s)
+        };
+        assert_eq!(parse("").unwrap().io, IoMode::Auto);
+        assert_eq!(parse("io = \"userptr\"").unwrap().io, IoMode::Userptr);
+        assert_eq!(parse("io = \"mmap\"").unwrap().io, IoMode::Mmap);
+        assert!(parse("io = \"dmabuf\"").is_err());
+        assert_eq!(parse("nice = -5").unwrap().nice, Some(-5));
+        let e = parse("nice = -21").unwrap_err();
+        assert!(e.contains("stream.cam0.nice = -21"), "{e}");
+        assert!(parse("nice = 20").is_err());
     }
 }

@@ -395,8 +395,8 @@ pub fn supervise<O: Opener>(
             }
             Ok(())
         };
-        // A panicking device library (v4l panics if STREAMOFF fails in Drop) must not take the
-        // agent down: treat it as a device failure and retry like any other.
+        // A panicking device library must not take the agent down: treat it as a device
+        // failure and retry like any other.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(session))
             .unwrap_or_else(|panic| {
                 let detail = panic

@@ -72,7 +72,7 @@ pub use hash::fnv1a64;
 pub use layout::{Geometry, HeaderError, RingSpec, StreamKind, VideoFormat};
 pub use reader::{Message, Reader, Recv, Start};
 pub use sys::{exit_on_sigbus, monotonic_ns, realtime_ns};
-pub use writer::{CreateOptions, Meta, SlotLoan, Writer};
+pub use writer::{CreateOptions, Lender, LentSlot, Meta, SlotLoan, Writer};
 
 /// File name suffix of ring files.
 pub const RING_SUFFIX: &str = "ring";

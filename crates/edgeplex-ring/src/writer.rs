@@ -14,6 +14,11 @@ use super::layout::{self, desc, off, Geometry, RingSpec};
 use super::seqlock::{self, StdFence};
 use super::sys::{self, Mem};
 
+// Lending several slots to a device (a child module: it uses the writer's private state).
+#[path = "lend.rs"]
+mod lend;
+pub use lend::{Lender, LentSlot};
+
 /// How ring files are created.
 #[derive(Debug, Clone)]
 pub struct CreateOptions {
@@ -56,6 +61,8 @@ pub struct Writer {
     geometry: Geometry,
     head: u64,
     epoch: u64,
+    /// Slots lent to a device through a [`Lender`] (see lend.rs).
+    lent: lend::LentCount,
 }
 
 impl Writer {
@@ -171,6 +178,7 @@ impl Writer {
                     geometry: g,
                     head,
                     epoch,
+                    lent: Default::default(),
                 };
                 w.announce();
                 trace_event!(debug, path = %path.display(), head, epoch, "reopened ring");
@@ -257,6 +265,7 @@ impl Writer {
             geometry,
             head: base,
             epoch,
+            lent: Default::default(),
         };
         w.announce();
         trace_event!(debug, path = %path.display(), base, epoch, "created ring");
@@ -291,7 +300,11 @@ impl Writer {
 
     /// Lend the next slot so a source can fill it in place. The slot's old message is invalid
     /// from this moment; dropping the loan without `commit` publishes nothing.
+    ///
+    /// # Panics
+    /// While a [`Lender`] has slots lent to a device: the next slot is one of them.
     pub fn lend(&mut self) -> SlotLoan<'_> {
+        self.lent.assert_none();
         let n = self.head;
         let slot = n % u64::from(self.geometry.slot_count);
         seqlock::begin_write::<_, StdFence>(self.mem.u64_at(self.geometry.desc_at(slot)), n);

@@ -60,6 +60,7 @@ pub mod layout;
 mod reader;
 pub mod seqlock;
 mod sys;
+mod wait;
 mod writer;
 
 use std::fs::File;
@@ -68,8 +69,9 @@ use std::path::Path;
 pub use error::RingError;
 pub use hash::fnv1a64;
 pub use layout::{Geometry, HeaderError, RingSpec, StreamKind, VideoFormat};
-pub use reader::{Message, Reader, Recv, Start};
+pub use reader::{Message, MessageHandle, Reader, Recv, Start};
 pub use sys::{monotonic_ns, realtime_ns};
+pub use wait::wait_for_ring;
 pub use writer::{CreateOptions, Meta, SlotLoan, Writer};
 
 /// File name suffix of ring files.

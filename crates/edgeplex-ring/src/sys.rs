@@ -263,6 +263,13 @@ impl Mem {
         unsafe { std::ptr::copy_nonoverlapping(self.base().add(off), dst.as_mut_ptr(), dst.len()) }
     }
 
+    /// A pointer to `len` bytes at `off`, bounds-checked, valid while `self` lives. Memory the
+    /// writer races on: read it through raw pointers and validate the seqlock afterwards.
+    pub fn ptr(&self, off: u64, len: u64) -> *const u8 {
+        let off = self.check(off, len, 1);
+        self.base().wrapping_add(off)
+    }
+
     /// A shared view of `len` bytes at `off`.
     ///
     /// The bytes live in a file another process may write. Callers that hand this out must

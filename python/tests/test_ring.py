@@ -296,3 +296,25 @@ def test_to_bgr_needs_opencv_only_when_called(ring_dir: Path, start_writer):
         else:
             assert edgeplex.to_bgr(m, ring.geometry).shape == (48, 64, 3)
     w.stop()
+
+
+def test_motion_example_measures_the_demo_camera(ring_dir: Path):
+    demo = subprocess.Popen([need("EDGEPLEX_BIN"), "demo", "--duration", "5", "--width", "160",
+                             "--height", "120", "--ring-dir", str(ring_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        script = Path(need("EDGEPLEX_ROOT")) / "docs/examples/motion.py"
+        # It starts before the ring exists and waits for it (globbing would race the agent).
+        path = ring_dir / "cam0.ring"
+        out = subprocess.run([os.sys.executable, str(script), str(path), "--seconds", "2.5",
+                              "--wait", "30"], capture_output=True, text=True, timeout=WATCHDOG)
+    finally:
+        demo.wait(timeout=WATCHDOG)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(l) for l in out.stdout.splitlines()]
+    assert len(lines) >= 2, out.stdout
+    busy = [l for l in lines if l["frames"] > 0]
+    assert busy, lines
+    # The test pattern's bars move every frame: brightness is mid-grey-ish, motion is not zero.
+    assert all(0 < l["brightness"] < 255 for l in busy)
+    assert any(l["motion"] > 0 for l in busy)

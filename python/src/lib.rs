@@ -17,6 +17,7 @@ use edgeplex_ring::{
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 create_exception!(
@@ -401,7 +402,8 @@ impl Message {
             shape,
             strides,
         };
-        py.import("numpy")?.call_method1("asarray", (view,))
+        static ASARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        ASARRAY.import(py, "numpy", "asarray")?.call1((view,))
     }
 
     /// The payload's address, for tests and for code that hands it to C.

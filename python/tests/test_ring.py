@@ -30,7 +30,7 @@ def drain(ring: edgeplex.Ring, timeout: float = 0.3):
 
 def test_messages_match_ring_cat(ring_dir: Path):
     demo = run_edgeplex("demo", "--duration", "1.5", "--width", "64", "--height", "48",
-                        "--ring-dir", str(ring_dir))
+                        "--ring-dir", str(ring_dir), "--metrics-listen", "")
     assert demo.returncode == 0, demo.stderr
     for stream in ("cam0", "gps0"):
         path = demo_ring(ring_dir, stream)
@@ -300,7 +300,7 @@ def test_to_bgr_needs_opencv_only_when_called(ring_dir: Path, start_writer):
 
 def test_motion_example_measures_the_demo_camera(ring_dir: Path):
     demo = subprocess.Popen([need("EDGEPLEX_BIN"), "demo", "--duration", "5", "--width", "160",
-                             "--height", "120", "--ring-dir", str(ring_dir)],
+                             "--height", "120", "--ring-dir", str(ring_dir), "--metrics-listen", ""],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         script = Path(need("EDGEPLEX_ROOT")) / "docs/examples/motion.py"

@@ -1,6 +1,7 @@
 """Type stubs of the compiled part of edgeplex (PyO3)."""
 
 from os import PathLike
+from pathlib import Path
 from typing import Literal, Optional, Union
 
 import numpy as np
@@ -77,7 +78,7 @@ class Ring:
         wait: Optional[float] = None,
     ) -> None: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
     @property
     def geometry(self) -> Geometry: ...
     @property

@@ -37,7 +37,10 @@ def test_readme_python_example_runs(ring_dir: Path):
                 break
         assert len(lines) == 3, f"example exited: {example.wait(timeout=WATCHDOG)}"
         for seq, mean, intact in lines:
-            assert int(seq) >= 0 and 0 < float(mean) < 255 and intact == "True", lines
+            # intact may be False: a first numpy reduction on a loaded machine can take longer
+            # than the writer needs to lap the slot, which is what the example prints it for.
+            assert int(seq) >= 0 and 0 < float(mean) < 255 and intact in ("True", "False"), lines
+        assert any(l[2] == "True" for l in lines), lines
         assert [int(l[0]) for l in lines] == sorted(int(l[0]) for l in lines)
     finally:
         example.kill()

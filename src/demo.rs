@@ -133,8 +133,8 @@ fn banner(args: &DemoArgs, config: &Config, started: &Started<'_>) {
         ring_path(dir, "cam0").display()
     );
     println!(
-        "  python3 docs/examples/ring_reader.py {} --count 5",
-        ring_path(dir, "gps0").display()
+        "  python3 docs/examples/motion.py {}   (after pip install ./python)",
+        ring_path(dir, "cam0").display()
     );
     if let Some(addr) = started.metrics {
         println!("  curl http://{addr}/metrics   (and /healthz, /readyz)");

@@ -60,7 +60,9 @@ mod hash;
 pub mod layout;
 mod reader;
 pub mod seqlock;
+mod shape;
 mod sys;
+mod wait;
 mod writer;
 
 use std::fs::File;
@@ -70,8 +72,10 @@ pub use dir::{effective_uid, RingDir};
 pub use error::RingError;
 pub use hash::fnv1a64;
 pub use layout::{Geometry, HeaderError, RingSpec, StreamKind, VideoFormat};
-pub use reader::{Message, Reader, Recv, Start};
+pub use reader::{Message, MessageHandle, Reader, Recv, Start};
+pub use shape::{frame_shape, FrameShape};
 pub use sys::{exit_on_sigbus, monotonic_ns, realtime_ns};
+pub use wait::wait_for_ring;
 pub use writer::{CreateOptions, Lender, LentSlot, Meta, SlotLoan, Writer};
 
 /// File name suffix of ring files.

@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::error::RingError;
@@ -12,6 +13,11 @@ use super::layout::{self, desc, off, Geometry};
 use super::seqlock::{self, StdFence};
 use super::sys::{self, Mem};
 use super::HeaderInfo;
+
+// Reader extensions for the language bindings, in their own files.
+mod handle;
+mod latest;
+pub use handle::MessageHandle;
 
 /// Where a new reader starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -43,7 +49,9 @@ pub enum Recv<'r> {
 pub struct Reader {
     path: PathBuf,
     file: File,
-    mem: Mem,
+    // Shared, so that a `MessageHandle` (a numpy view, a C message) keeps its file mapped after
+    // the reader follows a replaced file or is dropped.
+    mem: Arc<Mem>,
     geometry: Geometry,
     cursor: u64,
     lost: u64,
@@ -92,7 +100,8 @@ impl Reader {
     /// a one-line message and an exit code (what the `edgeplex` tools do).
     pub fn open(path: &Path, start: Start) -> Result<Reader, RingError> {
         let (file, geometry) = open_validated(path)?;
-        let mem = Mem::map_ro(&file, geometry.file_size, true).map_err(|e| map_err(path, e))?;
+        let mem =
+            Arc::new(Mem::map_ro(&file, geometry.file_size, true).map_err(|e| map_err(path, e))?);
         let meta = file
             .metadata()
             .map_err(|e| RingError::io("stat", path, e))?;

@@ -177,6 +177,17 @@ pub fn run(config: &Config, stop_after: Option<Duration>) -> anyhow::Result<()> 
         crate::node::NodeError::Kube(k) => anyhow::Error::from(ConfigError(format!("kube: {k}"))),
         e => anyhow::Error::from(e).context("start the node publisher"),
     })?;
+    // The device plugin too: the kubelet never reaches capture.
+    let plugin = crate::deviceplugin::start(
+        &config.device_plugin,
+        &config.ring.dir,
+        agent.streams.clone(),
+        &shutdown,
+    )
+    .map_err(|e| match e {
+        crate::deviceplugin::DevicePluginError::Start(_) => anyhow::Error::from(e),
+        e => anyhow::Error::from(ConfigError(e.to_string())),
+    })?;
     if !config.metrics.listen.is_empty() {
         let addr = config.metrics_addr()?;
         let bound = serve_metrics(addr, &registry, &agent.streams, &power, &shutdown)
@@ -194,6 +205,9 @@ pub fn run(config: &Config, stop_after: Option<Duration>) -> anyhow::Result<()> 
     }
     agent.wait();
     if let Some(p) = publisher {
+        p.join();
+    }
+    if let Some(p) = plugin {
         p.join();
     }
     Ok(())

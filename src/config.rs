@@ -49,6 +49,8 @@ pub struct Config {
     pub kube: crate::kube::KubeSettings,
     /// What the node publisher asserts on this Node.
     pub node: crate::node::NodeSettings,
+    /// The kubelet device plugin (`[device_plugin]`).
+    pub device_plugin: crate::deviceplugin::DevicePluginSettings,
     /// Streams by name.
     pub streams: BTreeMap<String, StreamConfig>,
 }
@@ -303,7 +305,7 @@ fn parse_value(raw: &str) -> Value {
 
 /// Turn a merged table into a validated `Config`.
 pub fn from_table(mut table: Table) -> Result<Config, ConfigError> {
-    const TOP: &str = "ring, metrics, log, agent, power, kube, node, stream";
+    const TOP: &str = "ring, metrics, log, agent, power, kube, node, device_plugin, stream";
     let streams_raw = match table.remove("stream") {
         None => Table::new(),
         Some(Value::Table(t)) => t,
@@ -320,6 +322,8 @@ pub fn from_table(mut table: Table) -> Result<Config, ConfigError> {
     let power: crate::power::PowerConfig = section(&mut table, "power")?;
     let kube: crate::kube::KubeSettings = section(&mut table, "kube")?;
     let node: crate::node::NodeSettings = section(&mut table, "node")?;
+    let device_plugin: crate::deviceplugin::DevicePluginSettings =
+        section(&mut table, "device_plugin")?;
     if let Some(key) = table.keys().next() {
         return Err(ConfigError(format!(
             "unknown key {key:?}; top-level sections are: {TOP}"
@@ -384,6 +388,7 @@ pub fn from_table(mut table: Table) -> Result<Config, ConfigError> {
         power,
         kube,
         node,
+        device_plugin,
         streams,
     };
     config.validate()?;

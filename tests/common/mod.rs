@@ -24,6 +24,7 @@ use edgeplex::ring::layout::off;
 use edgeplex::ring::Meta;
 
 pub mod agent;
+pub mod kubelet;
 
 /// How long any child process may live before its watchdog kills it and the test fails.
 pub const WATCHDOG: Duration = Duration::from_secs(60);

@@ -472,6 +472,9 @@ impl Config {
         self.node
             .validate_streams("node", &names)
             .map_err(ConfigError)?;
+        self.device_plugin
+            .validate("device_plugin", &names)
+            .map_err(ConfigError)?;
         self.ring_mode()?;
         self.ring_group()?;
         if !self.metrics.listen.is_empty() {

@@ -425,12 +425,19 @@ fn bad_stream_names_for_the_plugin_exit_64() {
         ),
     )
     .unwrap();
-    let out = common::edgeplex()
-        .args(["run", "--config"])
-        .arg(&dirs.config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
-    assert!(err.contains("cannot be a resource name"), "{err}");
+    for check in [false, true] {
+        let mut cmd = common::edgeplex();
+        cmd.args(["run", "--config"]).arg(&dirs.config);
+        if check {
+            cmd.arg("--check");
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "--check {check}: {err}");
+        assert!(
+            err.contains("device_plugin: stream \"cam_\" cannot be a resource name"),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
 }

@@ -74,6 +74,18 @@ impl Default for DevicePluginSettings {
     }
 }
 
+impl DevicePluginSettings {
+    /// Check the settings and, when enabled, that every stream can be served (see [`validate`]).
+    /// `prefix` names the section in errors.
+    pub fn validate(&self, prefix: &str, streams: &[&str]) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let names: Vec<String> = streams.iter().map(|s| s.to_string()).collect();
+        validate(self, &names).map_err(|e| format!("{prefix}: {e}"))
+    }
+}
+
 /// Why the device plugin cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum DevicePluginError {

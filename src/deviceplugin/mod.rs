@@ -269,7 +269,11 @@ pub fn start(
                     return;
                 }
             };
-            rt.block_on(run(ctx, inotify, rx, shutdown));
+            let span = tracing::info_span!("device_plugin", dir = %ctx.dir.display());
+            rt.block_on(tracing::Instrument::instrument(
+                run(ctx, inotify, rx, shutdown),
+                span,
+            ));
         })
         .map_err(DevicePluginError::Start)?;
     Ok(Some(DevicePlugin {
@@ -449,7 +453,6 @@ async fn run(
     mut streams: watch::Receiver<Vec<StreamHealth>>,
     shutdown: Shutdown,
 ) {
-    let _span = tracing::info_span!("device_plugin", dir = %ctx.dir.display()).entered();
     let mut events = match inotify.into_event_stream([0u8; 4096]) {
         Ok(s) => s,
         Err(e) => {

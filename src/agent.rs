@@ -52,6 +52,9 @@ pub enum AgentError {
     /// The node publisher could not start.
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),
+    /// The device plugin could not start.
+    #[error(transparent)]
+    DevicePlugin(#[from] crate::deviceplugin::DevicePluginError),
 }
 
 impl AgentError {
@@ -62,6 +65,10 @@ impl AgentError {
             AgentError::Config(_)
                 | AgentError::Listen { .. }
                 | AgentError::Node(crate::node::NodeError::Kube(_))
+                | AgentError::DevicePlugin(
+                    crate::deviceplugin::DevicePluginError::Config(_)
+                        | crate::deviceplugin::DevicePluginError::Dir { .. }
+                )
         )
     }
 }
@@ -233,6 +240,13 @@ pub fn run(
         &registry,
         &shutdown,
     )?;
+    // The device plugin too: the kubelet never reaches capture.
+    let plugin = crate::deviceplugin::start(
+        &config.device_plugin,
+        &config.ring.dir,
+        agent.streams.clone(),
+        &shutdown,
+    )?;
     agent.start_streams(config)?;
     tracing::info!(
         ring_dir = %config.ring.dir.display(),
@@ -253,6 +267,9 @@ pub fn run(
     let streams = agent.streams.clone();
     agent.drain();
     if let Some(p) = publisher {
+        p.join();
+    }
+    if let Some(p) = plugin {
         p.join();
     }
     Ok(streams.iter().map(StreamHealth::snapshot).collect())

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod deviceplugin;
 pub mod error;
 pub mod export;
 pub mod failover;

@@ -549,19 +549,34 @@ fn agent_daemonset_writes_the_ring_dir_and_has_probes_devices_and_tolerations() 
     );
 }
 
+/// The streams of the agent's ConfigMap.
+fn agent_streams(docs: &[Doc]) -> Vec<String> {
+    let config: toml::Table = agent_config_text(docs).parse().unwrap();
+    config["stream"]
+        .as_table()
+        .expect("[stream.*] in the ConfigMap")
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// Example consumers get their ring from the device plugin: they request one share of
+/// `edgeplex.io/<stream>` for a stream the agent serves and name the ring through the variable
+/// Allocate sets, with no ring hostPath. The export CronJob, which keeps state on the node,
+/// still mounts the ring directory read-only at the agent's path.
 #[test]
-fn consumers_mount_the_ring_dir_read_only_at_the_agents_path() {
+fn consumers_get_rings_from_the_device_plugin() {
+    use edgeplex::deviceplugin::{env_name, resource_name};
     let docs = all_docs();
+    let streams = agent_streams(&docs);
     let mut consumers = 0;
     for (file, name, tpl) in workloads(&docs) {
         if !file.starts_with("examples/") {
             continue;
         }
         let pod = pod_spec(tpl);
-        let ring_vols: Vec<&str> = pod
-            .volumes
-            .as_deref()
-            .unwrap_or_default()
+        let volumes = pod.volumes.as_deref().unwrap_or_default();
+        let ring_vols: Vec<&str> = volumes
             .iter()
             .filter(|v| {
                 v.host_path
@@ -576,35 +591,55 @@ fn consumers_mount_the_ring_dir_read_only_at_the_agents_path() {
             .chain(pod.init_containers.as_deref().unwrap_or_default())
         {
             let args = c.args.as_deref().unwrap_or_default();
-            let rings: Vec<&String> = args.iter().filter(|a| a.ends_with(".ring")).collect();
-            for m in c.volume_mounts.as_deref().unwrap_or_default() {
-                if ring_vols.contains(&m.name.as_str()) {
-                    assert_eq!(
-                        m.read_only,
-                        Some(true),
-                        "{file} {name}: ring mount read-only"
-                    );
-                    assert_eq!(m.mount_path, RING_DIR, "{file} {name}: ring mount path");
-                    assert_eq!(m.sub_path, None, "{file} {name}: no subPath");
-                }
+            let limits = c
+                .resources
+                .as_ref()
+                .and_then(|r| r.limits.clone())
+                .unwrap_or_default();
+            let vars: Vec<&String> = args
+                .iter()
+                .filter(|a| a.contains("$(EDGEPLEX_RING_"))
+                .collect();
+            for var in &vars {
+                let stream = streams
+                    .iter()
+                    .find(|s| **var == format!("$({})", env_name(s)))
+                    .unwrap_or_else(|| {
+                        panic!("{file} {name}: {var} names no stream of the agent ({streams:?})")
+                    });
+                let resource = resource_name(stream).unwrap();
+                assert_eq!(
+                    limits.get(&resource).map(|q| q.0.as_str()),
+                    Some("1"),
+                    "{file} {name}: {var} without limits {resource}: 1"
+                );
+                assert!(
+                    ring_vols.is_empty(),
+                    "{file} {name}: a ring hostPath beside the resource"
+                );
+                consumers += 1;
             }
-            for ring in &rings {
+            for ring in args.iter().filter(|a| a.ends_with(".ring")) {
+                assert_eq!(name, "gps0-export", "{file} {name}: reads {ring} through hostPath; request the stream's resource instead");
                 assert!(
                     Path::new(ring).starts_with(RING_DIR),
-                    "{file} {name}: {ring} is not under {RING_DIR}"
+                    "{file} {name}: {ring}"
                 );
                 let mounted = c
                     .volume_mounts
                     .as_deref()
                     .unwrap_or_default()
                     .iter()
-                    .any(|m| ring_vols.contains(&m.name.as_str()) && m.read_only == Some(true));
+                    .any(|m| {
+                        ring_vols.contains(&m.name.as_str())
+                            && m.read_only == Some(true)
+                            && m.mount_path == RING_DIR
+                            && m.sub_path.is_none()
+                    });
                 assert!(
                     mounted,
-                    "{file} {name}: reads {ring} without the ring mount"
+                    "{file} {name}: reads {ring} without a read-only ring mount"
                 );
-            }
-            if !rings.is_empty() {
                 consumers += 1;
             }
         }
@@ -614,7 +649,8 @@ fn consumers_mount_the_ring_dir_read_only_at_the_agents_path() {
         "only {consumers} ring consumers in examples/"
     );
 
-    // Two different models on one camera: two Deployments, same ring, camera nodes.
+    // Two different models on one camera: two Deployments, the same ring, placed by the
+    // scheduler (no nodeSelector).
     let models: Vec<_> = ["model-a", "model-b"]
         .iter()
         .map(|n| {
@@ -630,27 +666,58 @@ fn consumers_mount_the_ring_dir_read_only_at_the_agents_path() {
         .collect();
     let ring_of = |d: &Deployment| {
         let pod = pod_spec(&d.spec.as_ref().unwrap().template);
-        assert_eq!(
-            pod.node_selector.as_ref().unwrap().get(keys::CAMERA),
-            Some(&"true".to_owned())
-        );
-        container(pod, "model")
-            .args
-            .as_deref()
-            .unwrap()
-            .iter()
-            .find(|a| a.ends_with(".ring"))
-            .cloned()
-            .unwrap()
+        assert_eq!(pod.node_selector, None, "no nodeSelector");
+        assert!(pod.affinity.is_none(), "no node affinity");
+        container(pod, "model").args.as_deref().unwrap()[2].clone()
     };
     assert_eq!(ring_of(models[0]), ring_of(models[1]));
-    assert_eq!(ring_of(models[0]), format!("{RING_DIR}/cam0/cam0.ring"));
+    assert_eq!(ring_of(models[0]), "$(EDGEPLEX_RING_CAM0)");
     let labels = |d: &Deployment| d.spec.as_ref().unwrap().selector.match_labels.clone();
     assert_ne!(
         labels(models[0]),
         labels(models[1]),
         "two different Deployments"
     );
+}
+
+#[test]
+fn the_agent_serves_the_device_plugin() {
+    let docs = all_docs();
+    let config: toml::Table = agent_config_text(&docs).parse().unwrap();
+    let dp = &config["device_plugin"];
+    assert_eq!(dp["enabled"].as_bool(), Some(true));
+    let dir = dp["dir"].as_str().unwrap();
+    assert_eq!(dir, edgeplex::deviceplugin::DEFAULT_DIR);
+    let ds = find(
+        &docs,
+        |o| match o {
+            Obj::DaemonSet(x) => Some(x.as_ref()),
+            _ => None,
+        },
+        "edgeplex",
+    );
+    let pod = pod_spec(&ds.spec.as_ref().unwrap().template);
+    let c = container(pod, "edgeplex");
+    let m = c
+        .volume_mounts
+        .as_deref()
+        .unwrap()
+        .iter()
+        .find(|m| m.mount_path == dir)
+        .expect("the device-plugin directory is mounted where the config says");
+    assert_ne!(
+        m.read_only,
+        Some(true),
+        "the agent creates its sockets there"
+    );
+    let v = pod
+        .volumes
+        .as_deref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == m.name)
+        .unwrap();
+    assert_eq!(v.host_path.as_ref().map(|h| h.path.as_str()), Some(dir));
 }
 
 #[test]
@@ -1233,4 +1300,235 @@ fn admit(
         }
     }
     Verdict::Allowed
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pod Security Standards, "restricted" profile
+// ---------------------------------------------------------------------------------------------
+
+/// Every rule of the Pod Security "restricted" profile (which includes "baseline") that a pod
+/// template can break, checked as the `PodSecurity` admission plugin defines them. Returns one
+/// line per violation.
+fn restricted_violations(pod: &PodSpec) -> Vec<String> {
+    let mut v = Vec::new();
+    // baseline: host namespaces
+    for (field, on) in [
+        ("hostNetwork", pod.host_network),
+        ("hostPID", pod.host_pid),
+        ("hostIPC", pod.host_ipc),
+    ] {
+        if on == Some(true) {
+            v.push(format!("{field}: true"));
+        }
+    }
+    let psc = pod.security_context.clone().unwrap_or_default();
+    // baseline: sysctls only from the safe set
+    const SAFE_SYSCTLS: &[&str] = &[
+        "kernel.shm_rmid_forced",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.ip_unprivileged_port_start",
+        "net.ipv4.tcp_syncookies",
+        "net.ipv4.ping_group_range",
+        "net.ipv4.ip_local_reserved_ports",
+        "net.ipv4.tcp_keepalive_time",
+        "net.ipv4.tcp_fin_timeout",
+        "net.ipv4.tcp_keepalive_intvl",
+        "net.ipv4.tcp_keepalive_probes",
+    ];
+    for s in psc.sysctls.as_deref().unwrap_or_default() {
+        if !SAFE_SYSCTLS.contains(&s.name.as_str()) {
+            v.push(format!("sysctl {}", s.name));
+        }
+    }
+    // restricted: only these volume types (baseline: no hostPath)
+    for vol in pod.volumes.as_deref().unwrap_or_default() {
+        let allowed = vol.config_map.is_some()
+            || vol.csi.is_some()
+            || vol.downward_api.is_some()
+            || vol.empty_dir.is_some()
+            || vol.ephemeral.is_some()
+            || vol.persistent_volume_claim.is_some()
+            || vol.projected.is_some()
+            || vol.secret.is_some();
+        if !allowed {
+            v.push(format!(
+                "volume {:?} is not of an allowed type (hostPath?)",
+                vol.name
+            ));
+        }
+    }
+    let seccomp_ok = |t: Option<&str>| matches!(t, Some("RuntimeDefault") | Some("Localhost"));
+    let pod_seccomp = psc.seccomp_profile.as_ref().map(|p| p.type_.as_str());
+    if pod_seccomp == Some("Unconfined") {
+        v.push("pod seccompProfile Unconfined".into());
+    }
+    if psc.run_as_user == Some(0) {
+        v.push("pod runAsUser 0".into());
+    }
+    if let Some(se) = &psc.se_linux_options {
+        if se.user.is_some() || se.role.is_some() {
+            v.push("pod seLinuxOptions user/role".into());
+        }
+    }
+    let containers = pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.as_deref().unwrap_or_default());
+    for c in containers {
+        let n = &c.name;
+        let sc = c.security_context.clone().unwrap_or_default();
+        if sc.privileged == Some(true) {
+            v.push(format!("{n}: privileged"));
+        }
+        if sc.allow_privilege_escalation != Some(false) {
+            v.push(format!("{n}: allowPrivilegeEscalation must be false"));
+        }
+        let non_root = sc.run_as_non_root.or(psc.run_as_non_root);
+        if non_root != Some(true) {
+            v.push(format!("{n}: runAsNonRoot must be true (pod or container)"));
+        }
+        if sc.run_as_user == Some(0) {
+            v.push(format!("{n}: runAsUser 0"));
+        }
+        let seccomp = sc
+            .seccomp_profile
+            .as_ref()
+            .map(|p| p.type_.as_str())
+            .or(pod_seccomp);
+        if !seccomp_ok(seccomp) {
+            v.push(format!(
+                "{n}: seccompProfile must be RuntimeDefault or Localhost"
+            ));
+        }
+        let caps = sc.capabilities.clone().unwrap_or_default();
+        if !caps.drop.unwrap_or_default().iter().any(|d| d == "ALL") {
+            v.push(format!("{n}: capabilities must drop ALL"));
+        }
+        for add in caps.add.unwrap_or_default() {
+            if add != "NET_BIND_SERVICE" {
+                v.push(format!("{n}: adds capability {add}"));
+            }
+        }
+        if sc.proc_mount.as_deref().is_some_and(|m| m != "Default") {
+            v.push(format!("{n}: procMount"));
+        }
+        if let Some(se) = &sc.se_linux_options {
+            if se.user.is_some() || se.role.is_some() {
+                v.push(format!("{n}: seLinuxOptions user/role"));
+            }
+        }
+        if sc.windows_options.as_ref().and_then(|w| w.host_process) == Some(true) {
+            v.push(format!("{n}: hostProcess"));
+        }
+        for p in c.ports.as_deref().unwrap_or_default() {
+            if p.host_port.is_some_and(|h| h != 0) {
+                v.push(format!("{n}: hostPort {:?}", p.host_port));
+            }
+        }
+    }
+    v
+}
+
+/// Every example workload passes Pod Security "restricted", except the export CronJob, which
+/// keeps its state on the node (hostPath, root): the checker must find exactly that.
+#[test]
+fn example_consumers_pass_pod_security_restricted() {
+    let docs = all_docs();
+    let mut checked = 0;
+    for (file, name, tpl) in workloads(&docs) {
+        if !file.starts_with("examples/") {
+            continue;
+        }
+        let violations = restricted_violations(pod_spec(tpl));
+        if name == "gps0-export" {
+            assert!(
+                violations
+                    .iter()
+                    .any(|v| v.contains("\"export\" is not of an allowed type")),
+                "the checker sees the export's hostPath: {violations:?}"
+            );
+            continue;
+        }
+        assert!(
+            violations.is_empty(),
+            "{file} {name} breaks Pod Security \"restricted\":\n  {}",
+            violations.join("\n  ")
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "checked {checked} workloads");
+}
+
+/// The checker catches each kind of violation (on a copy of a passing example).
+#[test]
+fn the_restricted_checker_catches_violations() {
+    let docs = all_docs();
+    let (_, _, tpl) = workloads(&docs)
+        .into_iter()
+        .find(|(_, n, _)| n == "model-a")
+        .unwrap();
+    let good = pod_spec(tpl).clone();
+    assert!(restricted_violations(&good).is_empty());
+    let mutate = |f: &dyn Fn(&mut PodSpec)| {
+        let mut p = good.clone();
+        f(&mut p);
+        restricted_violations(&p)
+    };
+    type Mutation = Box<dyn Fn(&mut PodSpec)>;
+    let cases: Vec<(&str, Mutation)> = vec![
+        ("hostNetwork", Box::new(|p| p.host_network = Some(true))),
+        (
+            "allowed type",
+            Box::new(|p| {
+                p.volumes.get_or_insert_with(Vec::new).push(
+                    serde_json::from_value(
+                        serde_json::json!({"name": "r", "hostPath": {"path": "/dev/shm/edgeplex"}}),
+                    )
+                    .unwrap(),
+                )
+            }),
+        ),
+        (
+            "privileged",
+            Box::new(|p| {
+                p.containers[0]
+                    .security_context
+                    .as_mut()
+                    .unwrap()
+                    .privileged = Some(true)
+            }),
+        ),
+        (
+            "allowPrivilegeEscalation",
+            Box::new(|p| {
+                p.containers[0]
+                    .security_context
+                    .as_mut()
+                    .unwrap()
+                    .allow_privilege_escalation = None
+            }),
+        ),
+        (
+            "runAsNonRoot",
+            Box::new(|p| p.security_context.as_mut().unwrap().run_as_non_root = None),
+        ),
+        (
+            "seccompProfile",
+            Box::new(|p| p.security_context.as_mut().unwrap().seccomp_profile = None),
+        ),
+        (
+            "drop ALL",
+            Box::new(|p| {
+                p.containers[0]
+                    .security_context
+                    .as_mut()
+                    .unwrap()
+                    .capabilities = None
+            }),
+        ),
+    ];
+    for (what, f) in cases {
+        let v = mutate(&*f);
+        assert!(!v.is_empty(), "{what} not caught");
+    }
 }

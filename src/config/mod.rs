@@ -51,6 +51,8 @@ pub struct Config {
     pub kube: crate::kube::KubeSettings,
     /// What the node publisher asserts on this Node.
     pub node: crate::node::NodeSettings,
+    /// The kubelet device plugin (`[device_plugin]`).
+    pub device_plugin: crate::deviceplugin::DevicePluginSettings,
     /// The failover controller (`edgeplex failover`).
     pub failover: crate::failover::FailoverSettings,
     /// Streams by name.
@@ -298,7 +300,16 @@ fn parse_value(raw: &str) -> Value {
 
 /// Top-level sections, in the order the example file shows them.
 const SECTIONS: &[&str] = &[
-    "ring", "metrics", "log", "agent", "power", "kube", "node", "failover", "stream",
+    "ring",
+    "metrics",
+    "log",
+    "agent",
+    "power",
+    "kube",
+    "node",
+    "device_plugin",
+    "failover",
+    "stream",
 ];
 
 impl Config {
@@ -321,6 +332,7 @@ impl Config {
             power: section(&mut table, "power")?,
             kube: section(&mut table, "kube")?,
             node: section(&mut table, "node")?,
+            device_plugin: section(&mut table, "device_plugin")?,
             failover: section(&mut table, "failover")?,
             streams: streams_raw
                 .into_iter()
@@ -349,6 +361,9 @@ impl Config {
         let names: Vec<&str> = self.streams.keys().map(String::as_str).collect();
         self.node
             .validate_streams("node", &names)
+            .map_err(ConfigError)?;
+        self.device_plugin
+            .validate("device_plugin", &names)
             .map_err(ConfigError)?;
         for (name, stream) in &self.streams {
             // A ring the reader would refuse (over the 64 GiB cap, say) fails `run` on every
@@ -443,6 +458,10 @@ pub fn schema_keys() -> Vec<String> {
     add(
         "node",
         known_keys::<crate::node::NodeSettings>(Table::new()),
+    );
+    add(
+        "device_plugin",
+        known_keys::<crate::deviceplugin::DevicePluginSettings>(Table::new()),
     );
     add(
         "failover",

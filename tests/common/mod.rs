@@ -33,6 +33,7 @@ use edgeplex::ring::layout::off;
 use edgeplex::ring::Meta;
 
 pub mod agent;
+pub mod kubelet;
 pub mod power;
 pub mod prom;
 pub mod rbac;

@@ -571,3 +571,54 @@ fn snap_pack_builds_a_listable_snap() {
         assert_eq!(packed, meta);
     }
 }
+
+/// A value holding a newline still gives one line of error: the hook prints with printf, not
+/// dash's echo, which turned the agent's `\n` into a line break.
+#[test]
+fn configure_keeps_an_error_about_a_newline_on_one_line() {
+    let mut c = good_config();
+    c["stream"]["cam0"]["format"] = json!("AB\nC");
+    rejected(&c, "stream.cam0.format");
+}
+
+/// A configuration over 64 KiB is refused before it is parsed; a large one below that is read
+/// in one pass by every awk (the hook used to build strings a character at a time).
+#[test]
+fn configure_bounds_the_size_of_the_configuration() {
+    for awk in awks() {
+        let snap = FakeSnap::new();
+        let mut c = good_config();
+        c["stream"]["cam0"]["device"] = json!(format!("/dev/{}", "v".repeat(100_000)));
+        let out = snap.configure(&c, &[("AWK", awk)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{awk}: accepted");
+        assert_eq!(stderr.lines().count(), 1, "{awk}: {stderr}");
+        assert!(stderr.contains("too large"), "{awk}: {stderr}");
+
+        c["stream"]["cam0"]["device"] = json!(format!("/dev/{}", "v".repeat(60_000)));
+        let out = snap.configure(&c, &[("AWK", awk)]);
+        assert!(
+            out.status.success(),
+            "{awk}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let toml = std::fs::read_to_string(snap.config_path()).unwrap();
+        assert!(toml.contains(&"v".repeat(60_000)), "{awk}");
+    }
+}
+
+/// A ring directory strict confinement forbids is refused by the hook, not left to fail the
+/// daemon on every start.
+#[test]
+fn configure_refuses_a_ring_dir_confinement_forbids() {
+    for dir in ["/dev/shm/edgeplex", "/run/edgeplex", "/dev/shm/snap.edgeplex.rings/../x"] {
+        let snap = FakeSnap::new();
+        let mut c = good_config();
+        c["ring"] = json!({ "dir": dir });
+        let out = snap.configure(&c, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{dir}: accepted");
+        assert_eq!(stderr.lines().count(), 1, "{dir}: {stderr}");
+        assert!(stderr.contains("ring.dir"), "{dir}: {stderr}");
+    }
+}

@@ -611,7 +611,11 @@ fn configure_bounds_the_size_of_the_configuration() {
 /// daemon on every start.
 #[test]
 fn configure_refuses_a_ring_dir_confinement_forbids() {
-    for dir in ["/dev/shm/edgeplex", "/run/edgeplex", "/dev/shm/snap.edgeplex.rings/../x"] {
+    for dir in [
+        "/dev/shm/edgeplex",
+        "/run/edgeplex",
+        "/dev/shm/snap.edgeplex.rings/../x",
+    ] {
         let snap = FakeSnap::new();
         let mut c = good_config();
         c["ring"] = json!({ "dir": dir });

@@ -348,16 +348,16 @@ cam() { # cam NAME DEVICE WIDTH HEIGHT FPS
 } > /tmp/edgeplex.toml
 edgeplex run --config /tmp/edgeplex.toml > /tmp/agent.log 2>&1 &
 agent=$!
-for s in fps1 fps4 late; do wait_for 30 -e /dev/shm/rings/$s.ring || fail "no $s ring"; done
-edgeplex ring cat /dev/shm/rings/fps1.ring --meta --from next --count 6 --idle-timeout 30 > /tmp/fps1 &
+for s in fps1 fps4 late; do wait_for 30 -e /dev/shm/rings/$s/$s.ring || fail "no $s ring"; done
+edgeplex ring cat /dev/shm/rings/fps1/fps1.ring --meta --from next --count 6 --idle-timeout 30 > /tmp/fps1 &
 c1=$!
-edgeplex ring cat /dev/shm/rings/fps4.ring --meta --from next --count 16 --idle-timeout 30 > /tmp/fps4 &
+edgeplex ring cat /dev/shm/rings/fps4/fps4.ring --meta --from next --count 16 --idle-timeout 30 > /tmp/fps4 &
 c4=$!
 # Far longer than the 200 ms the agent waits per poll: the old capture code failed here.
 sleep 5
-echo "LATE-HEAD-BEFORE: $(edgeplex ring inspect --json /dev/shm/rings/late.ring | grep '"head"' | tr -dc 0-9)"
+echo "LATE-HEAD-BEFORE: $(edgeplex ring inspect --json /dev/shm/rings/late/late.ring | grep '"head"' | tr -dc 0-9)"
 v4l2-ctl -d /dev/video2 -c percentage_of_dropped_buffers=0 || fail "cannot release video2's frames"
-edgeplex ring cat /dev/shm/rings/late.ring --meta --from oldest --count 4 --idle-timeout 30 | sed 's/^/LATE: /'
+edgeplex ring cat /dev/shm/rings/late/late.ring --meta --from oldest --count 4 --idle-timeout 30 | sed 's/^/LATE: /'
 wait $c1 || fail "ring cat fps1 failed"
 wait $c4 || fail "ring cat fps4 failed"
 sed 's/^/FPS1: /' /tmp/fps1
@@ -512,7 +512,7 @@ thread_cpu() {
   done
   echo "0 0"
 }
-head_of() { edgeplex ring inspect --json /dev/shm/rings/$1.ring | grep '"head"' | tr -dc 0-9; }
+head_of() { edgeplex ring inspect --json /dev/shm/rings/$1/$1.ring | grep '"head"' | tr -dc 0-9; }
 cam() { # cam NAME DEVICE WIDTH HEIGHT FORMAT IO
   printf '%s\n' "[stream.$1]" 'type = "camera"' "device = \"$2\"" "width = $3" "height = $4" \
     "format = \"$5\"" 'fps = 2' 'slot_count = 8' 'stall_timeout_secs = 30' "io = \"$6\""
@@ -526,15 +526,15 @@ phase() { # phase IO
   } > /tmp/edgeplex-$io.toml
   edgeplex run --config /tmp/edgeplex-$io.toml > /tmp/agent-$io.log 2>&1 &
   agent=$!
-  for s in cam0 cam1; do wait_for 30 -e /dev/shm/rings/$s.ring || fail "$io: no $s ring"; done
+  for s in cam0 cam1; do wait_for 30 -e /dev/shm/rings/$s/$s.ring || fail "$io: no $s ring"; done
   for s in cam0 cam1; do
-    edgeplex ring cat /dev/shm/rings/$s.ring --meta --from next --count 1 --idle-timeout 30 >/dev/null
+    edgeplex ring cat /dev/shm/rings/$s/$s.ring --meta --from next --count 1 --idle-timeout 30 >/dev/null
   done
   readers=""
   for r in A B; do
-    edgeplex ring cat /dev/shm/rings/cam0.ring --meta --hash --from next --count 6 --idle-timeout 30 > /tmp/$io-c0$r &
+    edgeplex ring cat /dev/shm/rings/cam0/cam0.ring --meta --hash --from next --count 6 --idle-timeout 30 > /tmp/$io-c0$r &
     readers="$readers $!"
-    edgeplex ring cat /dev/shm/rings/cam1.ring --meta --hash --from next --count 6 --idle-timeout 30 > /tmp/$io-c1$r &
+    edgeplex ring cat /dev/shm/rings/cam1/cam1.ring --meta --hash --from next --count 6 --idle-timeout 30 > /tmp/$io-c1$r &
     readers="$readers $!"
   done
   for p in $readers; do wait $p || fail "$io: a reader failed"; done
@@ -543,11 +543,11 @@ phase() { # phase IO
   i=0
   until [ "$(head_of cam1)" -ge 14 ]; do i=$((i + 1)); [ $i -le 120 ] || fail "$io: cam1 stalled"; sleep 0.5; done
   set -- $(thread_cpu $agent stream-cam1); ns0=$1; ticks0=$2; u0=$3; s0=$4; h0=$(head_of cam1)
-  edgeplex ring cat /dev/shm/rings/cam1.ring --meta --from next --count 10 --idle-timeout 30 > /dev/null
+  edgeplex ring cat /dev/shm/rings/cam1/cam1.ring --meta --from next --count 10 --idle-timeout 30 > /dev/null
   set -- $(thread_cpu $agent stream-cam1); ns1=$1; ticks1=$2; u1=$3; s1=$4; h1=$(head_of cam1)
   echo "CPU: $io $((ns1 - ns0)) $((ticks1 - ticks0)) $((h1 - h0)) $((u1 - u0)) $((s1 - s0))"
   kill -0 $agent || fail "$io: agent died"
-  edgeplex ring inspect /dev/shm/rings/cam1.ring | sed "s/^/INSPECT-$io: /"
+  edgeplex ring inspect /dev/shm/rings/cam1/cam1.ring | sed "s/^/INSPECT-$io: /"
   for r in A B; do
     sed "s/^/$io-C0$r: /" /tmp/$io-c0$r
     sed "s/^/$io-C1$r: /" /tmp/$io-c1$r
@@ -566,9 +566,9 @@ printf '%s\n' '[ring]' 'dir = "/dev/shm/rings"' '[metrics]' 'listen = "127.0.0.1
 cam cam0 /dev/video0 640 480 YUYV auto >> /tmp/auto.toml
 edgeplex run --config /tmp/auto.toml > /tmp/agent-auto.log 2>&1 &
 agent=$!
-wait_for 30 -e /dev/shm/rings/cam0.ring || fail "auto: no cam0 ring"
-edgeplex ring cat /dev/shm/rings/cam0.ring --meta --from next --count 3 --idle-timeout 30 | sed 's/^/AUTO: /'
-edgeplex ring inspect /dev/shm/rings/cam0.ring | sed 's/^/INSPECT-auto: /'
+wait_for 30 -e /dev/shm/rings/cam0/cam0.ring || fail "auto: no cam0 ring"
+edgeplex ring cat /dev/shm/rings/cam0/cam0.ring --meta --from next --count 3 --idle-timeout 30 | sed 's/^/AUTO: /'
+edgeplex ring inspect /dev/shm/rings/cam0/cam0.ring | sed 's/^/INSPECT-auto: /'
 kill $agent
 wait $agent || true
 sed 's/^/LOG-auto: /' /tmp/agent-auto.log

@@ -225,8 +225,11 @@ fn capture_goes_on_through_api_outages_and_the_node_catches_up() {
     let servers = (&out_server, &ctl_server);
 
     // Both publish the same state.
+    // The agent connects before its streams start (a bad kubeconfig must fail before any ring
+    // is written), so its first sync may precede the camera: wait for the camera label too.
     let start = wait_same(servers, (&out, &ctl), "start", |v| {
         label(v, "edgeplex.io/power").as_deref() == Some("normal")
+            && label(v, "edgeplex.io/camera").as_deref() == Some("true")
             && v["annotations"]["edgeplex.io/battery"]
                 .as_str()
                 .is_some_and(|b| b.contains("\"time_to_empty_minutes\":600"))

@@ -29,7 +29,9 @@ pub struct Agent {
 }
 
 /// Check the ring directory before any stream starts, so a bad one is a config error (exit 64).
-pub fn prepare_ring_dir(config: &Config) -> Result<CreateOptions, ConfigError> {
+pub fn prepare_ring_dir(
+    config: &Config,
+) -> Result<(std::sync::Arc<ring::RingDir>, CreateOptions), ConfigError> {
     // Created when missing; refused unless only this uid can write it (and on tmpfs).
     let dir = ring::RingDir::create(&config.ring.dir, config.ring.allow_disk)
         .map_err(|e| ConfigError(format!("ring.dir: {e}")))?;
@@ -38,17 +40,18 @@ pub fn prepare_ring_dir(config: &Config) -> Result<CreateOptions, ConfigError> {
         Ok(freed) => tracing::info!(freed_bytes = freed, "removed leftover temporary ring files"),
         Err(e) => tracing::warn!(error = %e, "cannot sweep the ring directory"),
     }
-    Ok(CreateOptions {
+    let options = CreateOptions {
         mode: config.ring_mode()?,
         group: config.ring_group()?,
         allow_disk: config.ring.allow_disk,
-    })
+    };
+    Ok((std::sync::Arc::new(dir), options))
 }
 
 impl Agent {
     /// Start every stream of `config`. Stops when `shutdown` is triggered.
     pub fn start(config: &Config, shutdown: &Shutdown) -> Result<Agent, ConfigError> {
-        let options = prepare_ring_dir(config)?;
+        let (dir, options) = prepare_ring_dir(config)?;
         let backoff = Backoff::new(
             Duration::from_secs_f64(config.agent.retry_initial_secs),
             Duration::from_secs_f64(config.agent.retry_max_secs),
@@ -66,6 +69,7 @@ impl Agent {
             let target = RingTarget {
                 path: ring_path(&config.ring.dir, name),
                 options: options.clone(),
+                dir: Some(dir.clone()),
             };
             let health = StreamHealth::new(name, stream.type_name());
             let thread = match stream {

@@ -328,7 +328,7 @@ fn hostile_scrapers_do_not_stop_capture() {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let _demo = demo(rings.path(), addr, 30);
     wait_http(addr, "/metrics");
-    let cam = rings.path().join("cam0.ring");
+    let cam = edgeplex::ring::ring_path(rings.path(), "cam0");
     let calm = ring_rate(&cam, Duration::from_secs(3));
 
     // Slowloris: connections that send half a request and then nothing.

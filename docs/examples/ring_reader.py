@@ -77,8 +77,11 @@ def validate(page, file_len):
         raise RingError("stored layout disagrees with slot count and size")
     if file_len < size:
         raise RingError(f"file is {file_len} bytes but its header describes {size}: truncated")
-    name = page[80:144].split(b"\0", 1)[0].decode("utf-8")
     (base_seq,) = struct.unpack_from("<Q", page, 144)
+    (head,) = struct.unpack_from("<Q", page, 320)
+    if (head - base_seq) % 2**64 > 2**63 - 1:
+        raise RingError(f"head {head} comes before base_seq {base_seq}: corrupt")
+    name = page[80:144].split(b"\0", 1)[0].decode("utf-8")
     width, height, fourcc, stride = struct.unpack_from("<IIII", page, 64)
     return dict(name=name, kind=kind, slot_count=slot_count, slot_size=slot_size,
                 data_offset=data_off, file_size=size, base_seq=base_seq,
@@ -95,6 +98,10 @@ class Ring:
                 raise RingError("not a regular file")
             self.ident = (st.st_dev, st.st_ino)
             self.g = validate(os.pread(fd, HEADER_SIZE, 0), st.st_size)
+            # RING.md section 7, step 13: a writer allocates every block, so a sparse file is
+            # refused (mapping it would allocate memory charged to this reader).
+            if st.st_blocks * 512 < self.g["file_size"]:
+                raise RingError("ring file is not fully allocated (sparse): refused")
             addr = libc.mmap(None, self.g["file_size"], PROT_READ, MAP_SHARED, fd, 0)
             if addr is None or addr == ctypes.c_void_p(-1).value:
                 raise RingError(f"mmap failed: {os.strerror(ctypes.get_errno())}")

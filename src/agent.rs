@@ -108,7 +108,9 @@ pub fn check_ring_dir(config: &Config) -> Result<(), ConfigError> {
 }
 
 /// Check the ring directory before any stream starts, so a bad one is a config error (exit 64).
-pub fn prepare_ring_dir(config: &Config) -> Result<CreateOptions, ConfigError> {
+pub fn prepare_ring_dir(
+    config: &Config,
+) -> Result<(std::sync::Arc<ring::RingDir>, CreateOptions), ConfigError> {
     // Created when missing; refused unless only this uid can write it (and on tmpfs).
     let dir = ring::RingDir::create(&config.ring.dir, config.ring.allow_disk)
         .map_err(|e| ConfigError(format!("ring.dir: {e}")))?;
@@ -117,11 +119,12 @@ pub fn prepare_ring_dir(config: &Config) -> Result<CreateOptions, ConfigError> {
         Ok(freed) => tracing::info!(freed_bytes = freed, "removed leftover temporary ring files"),
         Err(e) => tracing::warn!(error = %e, "cannot sweep the ring directory"),
     }
-    Ok(CreateOptions {
+    let options = CreateOptions {
         mode: config.ring.mode.bits(),
         group: config.ring.group.map(|g| g.0),
         allow_disk: config.ring.allow_disk,
-    })
+    };
+    Ok((std::sync::Arc::new(dir), options))
 }
 
 /// The agent's streams: their health, and their threads once started.
@@ -139,7 +142,8 @@ impl Agent {
     /// `shutdown` is triggered.
     pub fn start(config: &Config, shutdown: &Shutdown) -> Result<Agent, AgentError> {
         let mut agent = Agent::new(config, shutdown);
-        agent.start_streams(config)?;
+        let ring_dir = prepare_ring_dir(config)?;
+        agent.start_streams(config, ring_dir)?;
         Ok(agent)
     }
 
@@ -157,8 +161,11 @@ impl Agent {
         }
     }
 
-    fn start_streams(&mut self, config: &Config) -> Result<(), AgentError> {
-        let options = prepare_ring_dir(config)?;
+    fn start_streams(
+        &mut self,
+        config: &Config,
+        (dir, options): (std::sync::Arc<ring::RingDir>, CreateOptions),
+    ) -> Result<(), AgentError> {
         let backoff = Backoff::new(
             Duration::from_secs_f64(config.agent.retry_initial_secs),
             Duration::from_secs_f64(config.agent.retry_max_secs),
@@ -170,6 +177,7 @@ impl Agent {
             let target = RingTarget {
                 path: ring_path(&config.ring.dir, name),
                 options: options.clone(),
+                dir: Some(dir.clone()),
             };
             let thread = stream
                 .spawn(name, target, health, &self.shutdown, &backoff)
@@ -213,7 +221,7 @@ pub fn run(
 ) -> Result<Vec<HealthSnapshot>, AgentError> {
     let shutdown = Shutdown::install().map_err(AgentError::Signals)?;
     let mut agent = Agent::new(config, &shutdown);
-    prepare_ring_dir(config)?;
+    let ring_dir = prepare_ring_dir(config)?;
     let power =
         crate::power::watch::spawn(config.power.clone(), &shutdown).map_err(AgentError::Power)?;
     let registry = crate::metrics::new_registry()?;
@@ -247,7 +255,7 @@ pub fn run(
         agent.streams.clone(),
         &shutdown,
     )?;
-    agent.start_streams(config)?;
+    agent.start_streams(config, ring_dir)?;
     tracing::info!(
         ring_dir = %config.ring.dir.display(),
         streams = agent.streams.len(),

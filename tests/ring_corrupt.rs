@@ -497,13 +497,14 @@ fn ring_cat_survives_a_ring_truncated_under_it() {
         "--from",
         "oldest",
         "--delay-ms",
-        "1500",
+        "4000",
     ])
     .args(["--idle-timeout", "5"])
     .arg(&path);
     let mut p = Proc::spawn("ring cat", cmd);
-    // After the first message is out, cut the file to its header page: the next message's
-    // descriptor and payload pages are gone from under the mapping.
+    // After the first message is out (cat then sleeps 4 s, ample even on a loaded machine), cut
+    // the file to its header page: the next message's descriptor and payload pages are gone
+    // from under the mapping.
     let first = p.next_line_within(Duration::from_secs(30));
     assert!(
         first.as_deref().is_some_and(|l| l.contains("\"seq\":0")),

@@ -151,6 +151,7 @@ impl Stream {
             let target = RingTarget {
                 path: ring.clone(),
                 options: CreateOptions::default(),
+                dir: None,
             };
             let (health, shutdown) = (health.clone(), shutdown.clone());
             thread::Builder::new()

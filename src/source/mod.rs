@@ -351,6 +351,10 @@ pub struct RingTarget {
     pub path: PathBuf,
     /// File mode, group, disk policy.
     pub options: CreateOptions,
+    /// The agent's ring directory, opened and checked once: the stream's ring is then opened
+    /// relative to it (`<dir>/<stream>/<stream>.ring`, `path` must be that). `None` opens `path`
+    /// itself (its directory is still checked).
+    pub dir: Option<std::sync::Arc<crate::ring::RingDir>>,
 }
 
 /// Run one stream until shutdown: open, publish, and on failure log once, mark the stream
@@ -375,7 +379,10 @@ pub fn supervise<O: Opener>(
             let reuse = writer.as_ref().is_some_and(|w| w.geometry().matches(&spec));
             if !reuse {
                 writer = None; // release our lock before reopening or replacing the file
-                writer = Some(Writer::open(&target.path, &spec, &target.options)?);
+                writer = Some(match &target.dir {
+                    Some(dir) => dir.open_writer(health.name(), &spec, &target.options)?,
+                    None => Writer::open(&target.path, &spec, &target.options)?,
+                });
             }
             let w = writer.as_mut().expect("writer set above");
             let g = w.geometry();

@@ -234,13 +234,18 @@ impl RingDir {
         mode: u32,
     ) -> io::Result<(File, Option<std::ffi::OsString>)> {
         let mode = Mode::from_raw_mode(mode);
+        // An anonymous file can later be named only through /proc/self/fd (linkat with
+        // AT_SYMLINK_FOLLOW; AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH): without /proc, use a
+        // random name from the start.
+        let proc_fd = Path::new("/proc/self/fd").is_dir();
         match rustix::fs::openat(
             &self.fd,
             ".",
             OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
             mode,
         ) {
-            Ok(fd) => return Ok((File::from(fd), None)),
+            Ok(fd) if proc_fd => return Ok((File::from(fd), None)),
+            Ok(_) => {}
             Err(
                 rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL,
             ) => {}

@@ -774,7 +774,10 @@ fn an_api_outage_is_retried_with_backoff_counted_and_recovers() {
     // A request the server took before the outage began may be logged just after it: at most
     // one per kind in flight (the node and the Lease). Everything after those failed.
     let in_flight = after.iter().take_while(|r| r.status != 503).count();
-    assert!(in_flight <= 2, "{in_flight} requests answered during the outage");
+    assert!(
+        in_flight <= 2,
+        "{in_flight} requests answered during the outage"
+    );
     let failed = after[in_flight..].to_vec();
     assert!(failed.iter().all(|r| r.status == 503));
     // Backoff, not a busy loop: the node sync retries start with a GET and never go further.

@@ -94,17 +94,8 @@ pub struct Started<'a> {
 /// Check the ring directory as [`prepare_ring_dir`] would, without creating or changing
 /// anything (`run --check`): a missing directory must be creatable on tmpfs.
 pub fn check_ring_dir(config: &Config) -> Result<(), ConfigError> {
-    let dir = &config.ring.dir;
-    let bad = |e: ring::RingError| ConfigError(format!("ring.dir: {e}"));
-    ring::RingDir::check_path(dir, config.ring.allow_disk).map_err(bad)?;
-    if !dir.exists() && !config.ring.allow_disk {
-        if let Some(parent) = dir.parent().filter(|p| p.is_dir()) {
-            if !ring::is_memory_fs(parent).map_err(bad)? {
-                return Err(bad(ring::RingError::NotTmpfs { dir: dir.clone() }));
-            }
-        }
-    }
-    Ok(())
+    ring::RingDir::check_path(&config.ring.dir, config.ring.allow_disk)
+        .map_err(|e| ConfigError(format!("ring.dir: {e}")))
 }
 
 /// Check the ring directory before any stream starts, so a bad one is a config error (exit 64).

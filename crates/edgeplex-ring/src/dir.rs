@@ -78,7 +78,7 @@ impl RingDir {
 
     /// Check an existing ring directory the way [`RingDir::create`] does, without creating
     /// anything: for `run --check`. A missing directory passes (the writer will create it) when
-    /// its parent exists.
+    /// its parent exists and, unless `allow_disk`, is on tmpfs.
     pub fn check_path(path: &Path, allow_disk: bool) -> Result<(), RingError> {
         match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -88,6 +88,11 @@ impl RingDir {
                         path,
                         "cannot be created: its parent is not a directory",
                     )),
+                    Some(p) if !allow_disk && !super::is_memory_fs(p)? => {
+                        Err(RingError::NotTmpfs {
+                            dir: path.to_path_buf(),
+                        })
+                    }
                     _ => Ok(()),
                 }
             }

@@ -80,6 +80,11 @@ def test_array_is_a_zero_copy_view_of_the_slot(ring_dir: Path, start_writer):
         assert a.ctypes.data == msg.address
         assert not a.flags.owndata and not a.flags.writeable
         assert np.shares_memory(a, b)
+        # Each call gives a new array object (views of one cached array per slot): reshaping
+        # one in place leaves the next call's shape alone.
+        assert a is not b
+        b.shape = (-1,)
+        assert msg.array().shape == (2048, 1024, 2) and b.ctypes.data == msg.address
         with pytest.raises(ValueError):
             a.setflags(write=True)
         with pytest.raises(ValueError):

@@ -7,6 +7,7 @@
 
 pub mod camera;
 pub mod framing;
+pub mod hint;
 pub mod kinds;
 pub mod serial;
 pub mod synthetic;

@@ -174,6 +174,8 @@ impl FleetAgent {
             .env("EDGEPLEX_METRICS_LISTEN", self.addr.to_string())
             .env("EDGEPLEX_KUBE__KUBECONFIG", server.kubeconfig_path())
             .env("EDGEPLEX_POWER__SYSFS_ROOT", self._power.root())
+            .env("EDGEPLEX_DEVICE_PLUGIN__ENABLED", "true")
+            .env("EDGEPLEX_DEVICE_PLUGIN__DIR", self.plugins())
             .env("EDGEPLEX_LOG", "info,edgeplex=debug")
             .env("NODE_NAME", &self.node)
             .env_remove("EDGEPLEX_CONFIG")
@@ -197,6 +199,30 @@ impl FleetAgent {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// This agent's stand-in for the kubelet's device-plugin directory.
+    fn plugins(&self) -> PathBuf {
+        let d = self.dir.path().join("device-plugins");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// The streams the device plugin serves (its sockets), in name order.
+    fn advertised(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.plugins())
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                Some(
+                    name.strip_prefix("edgeplex-")?
+                        .strip_suffix(".sock")?
+                        .to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
     }
 
     fn ring(&self, stream: &str) -> PathBuf {
@@ -296,6 +322,12 @@ fn wait_settled(server: &TestApiServer, agent: &mut FleetAgent, want: &[&str]) {
             && serial.as_deref() == has_serial.then_some("true"))
         .then_some(())
     });
+    // The device plugin serves exactly these streams (one socket per resource).
+    wait_for(
+        &format!("{node}: device plugin serves {want:?}"),
+        DEADLINE,
+        || (agent.advertised() == want).then_some(()),
+    );
     // Nothing else is advertised in the metrics either: a stream not on this node has no series.
     let (_, metrics) = get(agent.addr, "/metrics").unwrap();
     for s in STREAMS {

@@ -544,6 +544,85 @@ fn readyz_waits_only_for_required_streams_and_hints_fit_a_pod() {
     assert!(!body.contains("snap"), "no snap advice in a pod: {body}");
 }
 
+/// The DaemonSet mounts the host's `/dev` read-only (docs/device-access.md): a serial port opened
+/// through a read-only mount still reads and is written to. The port is a real pty; the agent
+/// sees the host's devpts (where the pty's device node lives) only through a read-only bind
+/// mount in its own mount namespace, where creating a file fails.
+#[test]
+fn a_serial_port_reads_through_a_read_only_mount() {
+    let _serial = one_at_a_time();
+    use serialport::{SerialPort, TTYPort};
+    if !rustix::process::geteuid().is_root() {
+        return tools::missing("root, for a read-only bind mount in a mount namespace");
+    }
+    let unshare_ok = Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !unshare_ok {
+        return tools::missing("permission for `unshare -m` (util-linux, as root)");
+    }
+    let work = common::shm_dir();
+    let dev = work.path().join("host-dev");
+    std::fs::create_dir(&dev).unwrap();
+    // Made before the agent starts, so the agent inherits its fds; harmless here, nothing is
+    // unplugged.
+    let (mut master, slave) = TTYPort::pair().expect("create a pty pair");
+    let pts = PathBuf::from(slave.name().unwrap());
+    let (pts_dir, pts_name) = (pts.parent().unwrap(), pts.file_name().unwrap());
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = work.path().join("edgeplex.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ring]\ndir = \"{rings}\"\n[metrics]\nlisten = \"{addr}\"\n[kube]\nmode = \"off\"\n\
+             [agent]\nretry_initial_secs = 0.1\nretry_max_secs = 0.2\n\
+             [stream.gps0]\ntype = \"serial\"\nrequired = true\ndevice = \"{port}\"\nbaud = 9600\n",
+            rings = work.path().join("rings").display(),
+            port = dev.join(pts_name).display(),
+        ),
+    )
+    .unwrap();
+    let d = dev.display().to_string();
+    let script = format!(
+        "mount --bind '{src}' '{d}' && mount -o remount,bind,ro '{d}' || exit 97; \
+         if touch '{d}/probe' 2>/dev/null; then echo 'mount is writable' >&2; exit 98; fi; \
+         exec \"$0\" run --config '{c}'",
+        src = pts_dir.display(),
+        c = config.display()
+    );
+    let mut agent = Proc(
+        Command::new("unshare")
+            .args(["-m", "sh", "-c", &script, EDGEPLEX])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let published = || -> Option<f64> {
+        let (_, body) = get(addr, "/metrics").ok()?;
+        prom::value(
+            &body,
+            "edgeplex_ring_messages_published_total{stream=\"gps0\"}",
+        )
+    };
+    wait_for("sentences read through the read-only mount", LIMIT, || {
+        if let Ok(Some(status)) = agent.0.try_wait() {
+            let mut err = String::new();
+            let _ = agent.0.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("the agent exited with {status}: {err}");
+        }
+        master
+            .write_all(b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n")
+            .ok()?;
+        std::thread::sleep(Duration::from_millis(50));
+        (published()? >= 3.0).then_some(())
+    });
+    let (code, body) = get(addr, "/readyz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    drop(slave);
+}
+
 /// The Prometheus text reader the tests use (`common::prom`) reads labels in any order,
 /// escaped quotes, timestamps and comments, and tells a metric from one whose name it prefixes.
 #[test]

@@ -6,6 +6,7 @@
 //! (metrics, Kubernetes) runs beside them, never in their path. `edgeplex demo` is this same
 //! agent with a configuration of synthetic streams.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -55,6 +56,9 @@ pub enum AgentError {
     /// The device plugin could not start.
     #[error(transparent)]
     DevicePlugin(#[from] crate::deviceplugin::DevicePluginError),
+    /// The runtime that reads this node's labels could not be started.
+    #[error("cannot start the runtime that reads this node's labels: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 impl AgentError {
@@ -211,6 +215,12 @@ pub fn run(
     on_start: impl FnOnce(&Started<'_>),
 ) -> Result<Vec<HealthSnapshot>, AgentError> {
     let shutdown = Shutdown::install().map_err(AgentError::Signals)?;
+    // Only this node's streams exist from here on: nothing else opens, labels, advertises or
+    // waits for a stream that does not run on this node.
+    let Some(selected) = select_streams(config, &shutdown)? else {
+        return Ok(Vec::new()); // stopped while waiting for this node's labels
+    };
+    let config = &selected;
     let mut agent = Agent::new(config, &shutdown);
     let ring_dir = prepare_ring_dir(config)?;
     let power =
@@ -218,7 +228,14 @@ pub fn run(
     let registry = crate::metrics::new_registry()?;
     let metrics = match config.metrics.listen.addr() {
         None => None,
-        Some(addr) => match serve_metrics(addr, &registry, &agent.streams, &power, &shutdown) {
+        Some(addr) => match serve_metrics(
+            addr,
+            &registry,
+            &agent.streams,
+            &required_streams(config),
+            &power,
+            &shutdown,
+        ) {
             Ok(bound) => {
                 tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
                 Some(bound)
@@ -274,17 +291,124 @@ pub fn run(
     Ok(streams.iter().map(StreamHealth::snapshot).collect())
 }
 
+/// This node's part of `config`: only the streams whose `nodes` and `node_selector` select this
+/// node (docs/fleet.md), and only those of the critical streams. The node's name comes from
+/// `kube.node_name`, `NODE_NAME` or the host name; its labels, needed only when some stream has
+/// a `node_selector`, from this node's own Node object, read once. Until that read succeeds
+/// (the API server may be down at boot) no stream starts; it is retried with backoff. `Ok(None)`
+/// when shutdown came first. A stream with neither key runs everywhere, and a configuration
+/// without either key never needs the node's name.
+pub fn select_streams(config: &Config, shutdown: &Shutdown) -> Result<Option<Config>, AgentError> {
+    let placed = config
+        .streams
+        .values()
+        .any(|s| !s.common.nodes.is_empty() || s.common.needs_labels());
+    if !placed {
+        return Ok(Some(config.clone()));
+    }
+    let node = config.kube.resolve_node_name().map_err(|e| {
+        ConfigError(format!(
+            "choosing this node's streams (stream.*.nodes, stream.*.node_selector): {e}"
+        ))
+    })?;
+    let labels = match config.stream_needing_labels() {
+        None => BTreeMap::new(),
+        Some(stream) => match node_labels(config, &node, stream, shutdown)? {
+            Some(labels) => labels,
+            None => return Ok(None),
+        },
+    };
+    let mut selected = config.clone();
+    let left_out = selected.select_for_node(&node, &labels);
+    tracing::info!(
+        node = %node,
+        streams = ?selected.streams.keys().collect::<Vec<_>>(),
+        not_on_this_node = ?left_out,
+        "selected this node's streams"
+    );
+    Ok(Some(selected))
+}
+
+/// The labels of Node `node`, read through the configured Kubernetes client, retried with the
+/// node publisher's backoff until they come or `shutdown` (`Ok(None)`).
+fn node_labels(
+    config: &Config,
+    node: &str,
+    stream: &str,
+    shutdown: &Shutdown,
+) -> Result<Option<BTreeMap<String, String>>, AgentError> {
+    let no_cluster = |why: &str| {
+        AgentError::Config(ConfigError(format!(
+            "stream.{stream}.node_selector needs this node's labels from Kubernetes, but {why}; select by name instead (stream.{stream}.nodes = [\"{node}\"]) or connect to the cluster ([kube])"
+        )))
+    };
+    if config.kube.mode == crate::kube::KubeMode::Off {
+        return Err(no_cluster("kube.mode = \"off\""));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    // The client is built on the runtime that drives it (see crate::kube::connect_as).
+    rt.block_on(async {
+        let client = crate::kube::connect(&config.kube)
+            .await
+            .map_err(|e| AgentError::Node(e.into()))?
+            .ok_or_else(|| no_cluster("no kubeconfig was found and this is not a pod"))?;
+        let nodes: ::kube::Api<k8s_openapi::api::core::v1::Node> = ::kube::Api::all(client);
+        let timeout = Duration::try_from_secs_f64(config.kube.request_timeout_secs)
+            .unwrap_or(Duration::from_secs(10));
+        let mut backoff = Backoff::new(
+            Duration::try_from_secs_f64(config.node.retry_initial_secs)
+                .unwrap_or(Duration::from_millis(500)),
+            Duration::try_from_secs_f64(config.node.retry_max_secs)
+                .unwrap_or(Duration::from_secs(30)),
+        );
+        let mut failing = false;
+        loop {
+            let why = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                got = tokio::time::timeout(timeout, nodes.get(node)) => match got {
+                    Ok(Ok(n)) => {
+                        if failing {
+                            tracing::info!(node, "read this node's labels");
+                        }
+                        return Ok(Some(n.metadata.labels.unwrap_or_default()));
+                    }
+                    Ok(Err(::kube::Error::Api(s))) if s.code == 404 => format!(
+                        "node {node:?} does not exist (yet); set kube.node_name (or NODE_NAME) to the name `kubectl get nodes` shows"
+                    ),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {} s", timeout.as_secs_f64()),
+                },
+            };
+            if !failing {
+                tracing::warn!(
+                    node,
+                    error = %why,
+                    "cannot read this node's labels to choose its streams; no stream starts until they are read; retrying with backoff"
+                );
+                failing = true;
+            }
+            if !shutdown.sleep(backoff.next_delay()).await {
+                return Ok(None);
+            }
+        }
+    })
+}
+
 /// The ring path of stream `name` under `dir`: `<dir>/<name>/<name>.ring`.
 pub fn ring_path(dir: &Path, name: &str) -> PathBuf {
     ring::ring_path(dir, name)
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` for `streams` on `addr`, on the endpoint's own
-/// thread. Returns the bound address.
+/// thread; `/readyz` waits only for the streams named in `required`. Returns the bound address.
 pub fn serve_metrics(
     addr: SocketAddr,
     registry: &prometheus::Registry,
     streams: &[StreamHealth],
+    required: &[String],
     power: &crate::power::watch::PowerState,
     shutdown: &Shutdown,
 ) -> Result<SocketAddr, AgentError> {
@@ -292,19 +416,37 @@ pub fn serve_metrics(
     let exporter = crate::metrics::StreamExporter::register(&registry, streams.to_vec())?;
     let power = crate::metrics::PowerExporter::register(&registry, power.clone())?;
     let ready_streams = streams.to_vec();
+    let required: Vec<String> = required.to_vec();
     let endpoint = crate::http::Endpoint {
         registry,
         refresh: Box::new(move || {
             exporter.refresh();
             power.refresh();
         }),
-        readiness: Box::new(move || readiness(&ready_streams)),
+        readiness: Box::new(move || {
+            let required: Vec<StreamHealth> = ready_streams
+                .iter()
+                .filter(|s| required.iter().any(|r| r == s.name()))
+                .cloned()
+                .collect();
+            readiness(&required)
+        }),
     };
     crate::http::spawn(addr, endpoint, shutdown.clone())
         .map_err(|source| AgentError::Listen { addr, source })
 }
 
-/// Ready when every configured stream has started and its device is up.
+/// The streams `/readyz` waits for: those marked `required`.
+pub fn required_streams(config: &Config) -> Vec<String> {
+    config
+        .streams
+        .iter()
+        .filter(|(_, s)| s.common.required)
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Ready when every stream in `streams` (the required ones) has started and its device is up.
 pub fn readiness(streams: &[StreamHealth]) -> crate::http::Readiness {
     let problems: Vec<String> = streams
         .iter()

@@ -60,13 +60,14 @@ impl DemoArgs {
         // The demo never talks to a cluster, whatever kubeconfig this machine has.
         config.kube.mode = KubeMode::Off;
         config.streams = BTreeMap::from([
-            ("cam0".to_owned(), StreamConfig::TestPattern(camera)),
+            ("cam0".to_owned(), StreamConfig::TestPattern(camera).into()),
             (
                 "gps0".to_owned(),
                 StreamConfig::NmeaSim(NmeaSimSettings {
                     rate_hz: 10.0,
                     slot_count: 1024,
-                }),
+                })
+                .into(),
             ),
         ]);
         Ok(config)

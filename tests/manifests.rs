@@ -15,6 +15,8 @@
 //! `manifests/monitoring/` holds prometheus-operator custom resources (not in k8s-openapi); it is
 //! only checked for selecting the agent's and controller's pods and port.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -482,9 +484,37 @@ fn agent_daemonset_writes_the_ring_dir_and_has_probes_devices_and_tolerations() 
         Some("spec.nodeName")
     );
 
-    // Unprivileged; memory limited (the limit must include the rings: see the comment).
+    // Privileged, so the device cgroup lets it open cameras and serial ports (docs/device-access.md),
+    // with the host's /dev read-only and its own root filesystem read-only; memory limited (the
+    // limit must include the rings: see the comment).
     let sc = c.security_context.as_ref().unwrap();
-    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.privileged, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_ne!(
+        sc.allow_privilege_escalation,
+        Some(false),
+        "the API server refuses allowPrivilegeEscalation: false with privileged: true"
+    );
+    let host_dev = vols
+        .iter()
+        .find(|v| v.host_path.as_ref().is_some_and(|h| h.path == "/dev"))
+        .expect("the host's /dev");
+    let dev_mount = c
+        .volume_mounts
+        .as_deref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == host_dev.name)
+        .expect("the agent mounts the host's /dev");
+    assert_eq!(
+        dev_mount.read_only,
+        Some(true),
+        "the host's /dev is mounted read-only"
+    );
+    assert_ne!(
+        dev_mount.mount_path, "/dev",
+        "not over the container's own /dev"
+    );
     let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
     assert!(limits.contains_key("memory"), "a memory limit");
     let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
@@ -508,7 +538,10 @@ fn agent_daemonset_writes_the_ring_dir_and_has_probes_devices_and_tolerations() 
     // The agent's config agrees (ring.dir) and the agent itself accepts it.
     let text = agent_config_text(&docs);
     let table: toml::Table = text.parse().unwrap();
-    assert_eq!(table["ring"]["dir"].as_str(), Some(RING_DIR));
+    assert!(
+        table["ring"].get("dir").is_none(),
+        "ring.dir comes from EDGEPLEX_RING_DIR only, so it cannot disagree with the hostPath"
+    );
     assert_eq!(
         table["kube"]["lease_namespace"].as_str(),
         Some(NAMESPACE),
@@ -1081,6 +1114,54 @@ fn the_admission_policy_admits_only_writes_to_the_agents_own_node_and_lease() {
     const AGENT: &str = "system:serviceaccount:edgeplex:edgeplex-agent";
     const CLAIM: &str = "authentication.kubernetes.io/node-name";
     let on = |node: &'static str| vec![(CLAIM, vec![node])];
+    // The whole user extra of the two tokens the agent runs with, as kube-apiserver fills it
+    // (k8s.io/apiserver/pkg/authentication/serviceaccount ServiceAccountInfo.UserInfo):
+    // the pod's projected token (a DaemonSet pod), bound to the pod, carries the pod's and its
+    // node's name and uid; the snap's token, `kubectl create token edgeplex-agent
+    // --bound-object-kind Node --bound-object-name NODE` (docs/microk8s.md), carries only the
+    // node's. Both carry the token's credential id.
+    let pod_token = |node: &'static str| {
+        vec![
+            (
+                "authentication.kubernetes.io/pod-name",
+                vec!["edgeplex-x7k2p"],
+            ),
+            (
+                "authentication.kubernetes.io/pod-uid",
+                vec!["6f1c2a4e-0000-4000-8000-000000000001"],
+            ),
+            (CLAIM, vec![node]),
+            (
+                "authentication.kubernetes.io/node-uid",
+                vec!["9b7d3c1a-0000-4000-8000-000000000002"],
+            ),
+            (
+                "authentication.kubernetes.io/credential-id",
+                vec!["JTI=2d5e9f70-0000-4000-8000-000000000003"],
+            ),
+        ]
+    };
+    let snap_token = |node: &'static str| {
+        vec![
+            (CLAIM, vec![node]),
+            (
+                "authentication.kubernetes.io/node-uid",
+                vec!["9b7d3c1a-0000-4000-8000-000000000002"],
+            ),
+            (
+                "authentication.kubernetes.io/credential-id",
+                vec!["JTI=7a0c4b18-0000-4000-8000-000000000004"],
+            ),
+        ]
+    };
+    // The unbound token docs/microk8s.md used to create (`kubectl create token edgeplex-agent
+    // --duration=8760h`): a credential id, no node.
+    let unbound_token = || {
+        vec![(
+            "authentication.kubernetes.io/credential-id",
+            vec!["JTI=11111111-0000-4000-8000-000000000005"],
+        )]
+    };
     let node = ("", "v1", "nodes", "");
     let status = ("", "v1", "nodes", "status");
     let lease = ("coordination.k8s.io", "v1", "leases", "");
@@ -1124,6 +1205,51 @@ fn the_admission_policy_admits_only_writes_to_the_agents_own_node_and_lease() {
         (
             "delete another node",
             Req::new("DELETE", node, "edge-b", AGENT, on("edge-a")),
+            Denied,
+        ),
+        (
+            "pod token, own node",
+            Req::new("UPDATE", node, "edge-a", AGENT, pod_token("edge-a")),
+            Allowed,
+        ),
+        (
+            "pod token, own Lease",
+            Req::new("UPDATE", lease, "edge-a", AGENT, pod_token("edge-a")),
+            Allowed,
+        ),
+        (
+            "pod token, another node's status",
+            Req::new("UPDATE", status, "edge-b", AGENT, pod_token("edge-a")),
+            Denied,
+        ),
+        (
+            "snap's node-bound token, own node",
+            Req::new("UPDATE", node, "edge-a", AGENT, snap_token("edge-a")),
+            Allowed,
+        ),
+        (
+            "snap's node-bound token, own conditions",
+            Req::new("UPDATE", status, "edge-a", AGENT, snap_token("edge-a")),
+            Allowed,
+        ),
+        (
+            "snap's node-bound token, own Lease",
+            Req::new("CREATE", lease, "edge-a", AGENT, snap_token("edge-a")),
+            Allowed,
+        ),
+        (
+            "snap's node-bound token, another node",
+            Req::new("UPDATE", node, "edge-b", AGENT, snap_token("edge-a")),
+            Denied,
+        ),
+        (
+            "snap's node-bound token, another node's Lease",
+            Req::new("UPDATE", lease, "edge-b", AGENT, snap_token("edge-a")),
+            Denied,
+        ),
+        (
+            "unbound token (the old docs/microk8s.md), own node",
+            Req::new("UPDATE", node, "edge-a", AGENT, unbound_token()),
             Denied,
         ),
         // A token without the claim (a legacy Secret token, or a cluster before 1.30).
@@ -1531,4 +1657,176 @@ fn the_restricted_checker_catches_violations() {
         let v = mutate(&*f);
         assert!(!v.is_empty(), "{what} not caught");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendered with `kubectl kustomize`, as users apply them
+// ---------------------------------------------------------------------------------------------
+
+/// The snap's ring directory, as its configure hook sets it for the instance `edgeplex`.
+fn snap_ring_dir() -> String {
+    let hook =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("snap/hooks/configure"))
+            .unwrap();
+    let line = hook
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("default_ring_dir="))
+        .expect("default_ring_dir= in snap/hooks/configure");
+    line.trim_matches('"').replace("$instance", "edgeplex")
+}
+
+/// Every hostPath under /dev/shm of every pod template in `docs`, as (object, path).
+fn shm_host_paths(docs: &[Value]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for d in docs {
+        let spec = d
+            .pointer("/spec/template/spec")
+            .or_else(|| d.pointer("/spec/jobTemplate/spec/template/spec"));
+        let Some(spec) = spec else { continue };
+        for v in spec["volumes"].as_array().into_iter().flatten() {
+            if let Some(p) = v.pointer("/hostPath/path").and_then(Value::as_str) {
+                if p.starts_with("/dev/shm") {
+                    out.push((
+                        format!("{} {}", d["kind"], d["metadata"]["name"]),
+                        p.to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `manifests/snap` (agent cluster side + examples + the snap-rings component) mounts the
+/// snap's ring directory everywhere and runs no agent of its own.
+#[test]
+fn the_snap_overlay_switches_every_ring_host_path() {
+    let Some(docs) = common::kustomize::render(&manifests().join("snap")) else {
+        return;
+    };
+    let dir = snap_ring_dir();
+    assert_eq!(dir, "/dev/shm/snap.edgeplex.rings");
+    let paths = shm_host_paths(&docs);
+    assert!(!paths.is_empty(), "no ring hostPath rendered at all");
+    for (obj, p) in &paths {
+        assert_eq!(p, &dir, "{obj} mounts {p}");
+    }
+    use common::kustomize::find;
+    assert!(
+        find(&docs, "DaemonSet", "edgeplex").is_none(),
+        "the snap is the agent"
+    );
+    assert!(find(&docs, "ConfigMap", "edgeplex-agent").is_none());
+    for (kind, name) in [
+        ("ServiceAccount", "edgeplex-agent"),
+        ("ClusterRole", "edgeplex-agent"),
+        ("ValidatingAdmissionPolicy", "edgeplex-agent-own-node"),
+        ("CronJob", "gps0-export"),
+    ] {
+        assert!(find(&docs, kind, name).is_some(), "{kind} {name} missing");
+    }
+    // Inside the pod the path stays: the export job's arguments still name /dev/shm/edgeplex.
+    let job = find(&docs, "CronJob", "gps0-export").unwrap();
+    let c = &job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+    assert!(c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == "rings" && m["mountPath"] == RING_DIR));
+}
+
+/// The component on the agent's own kustomization switches the DaemonSet's three places
+/// together (hostPath, mountPath, EDGEPLEX_RING_DIR): the device plugin hands the kubelet host
+/// paths, so the agent must see its rings at the host's path.
+#[test]
+fn the_snap_rings_component_keeps_the_daemonset_consistent() {
+    let overlay = tempfile::tempdir().unwrap();
+    let root = manifests();
+    let up = pathdiff(overlay.path(), &root);
+    std::fs::write(
+        overlay.path().join("kustomization.yaml"),
+        format!("resources:\n  - {up}/agent\ncomponents:\n  - {up}/components/snap-rings\n"),
+    )
+    .unwrap();
+    let Some(docs) = common::kustomize::render(overlay.path()) else {
+        return;
+    };
+    let dir = snap_ring_dir();
+    let ds = common::kustomize::find(&docs, "DaemonSet", "edgeplex").expect("the agent");
+    let spec = &ds["spec"]["template"]["spec"];
+    let c = &spec["containers"][0];
+    let env = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "EDGEPLEX_RING_DIR")
+        .unwrap();
+    assert_eq!(env["value"], dir.as_str());
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "rings")
+        .unwrap();
+    assert_eq!(mount["mountPath"], dir.as_str());
+    assert_eq!(
+        shm_host_paths(&docs),
+        [("\"DaemonSet\" \"edgeplex\"".to_owned(), dir)]
+    );
+    // Without the component, the same three say /dev/shm/edgeplex.
+    let plain = common::kustomize::render(&root.join("agent")).unwrap();
+    assert_eq!(
+        shm_host_paths(&plain),
+        [("\"DaemonSet\" \"edgeplex\"".to_owned(), RING_DIR.to_owned())]
+    );
+}
+
+/// `../..` from `from` up to `/`, then down to `to` (kustomize refuses absolute paths).
+fn pathdiff(from: &Path, to: &Path) -> String {
+    let from = from.canonicalize().unwrap();
+    let ups = from.components().count() - 1;
+    let mut s = "..".to_owned();
+    for _ in 1..ups {
+        s.push_str("/..");
+    }
+    let to = to.canonicalize().unwrap();
+    format!("{s}{}", to.display())
+}
+
+/// `kubectl apply -k manifests/monitoring` puts everything in the agent's namespace, and the
+/// PodMonitor looks for the agent's and the controller's pods in the namespaces they render
+/// into.
+#[test]
+fn monitoring_renders_into_the_namespace_of_what_it_scrapes() {
+    let Some(monitoring) = common::kustomize::render(&manifests().join("monitoring")) else {
+        return;
+    };
+    for d in &monitoring {
+        assert_eq!(
+            d["metadata"]["namespace"], NAMESPACE,
+            "{} {} has no namespace: `kubectl apply -k` would put it in the current one",
+            d["kind"], d["metadata"]["name"]
+        );
+    }
+    let pm = common::kustomize::find(&monitoring, "PodMonitor", "edgeplex").unwrap();
+    let names: Vec<&str> = pm["spec"]["namespaceSelector"]["matchNames"]
+        .as_array()
+        .expect("a PodMonitor namespaceSelector")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for (dir, kind, name) in [
+        ("agent", "DaemonSet", "edgeplex"),
+        ("failover", "Deployment", "edgeplex-failover"),
+    ] {
+        let docs = common::kustomize::render(&manifests().join(dir)).unwrap();
+        let w = common::kustomize::find(&docs, kind, name)
+            .unwrap_or_else(|| panic!("{kind} {name} in {dir}"));
+        let ns = w["metadata"]["namespace"].as_str().unwrap();
+        assert!(
+            names.contains(&ns),
+            "the PodMonitor does not look in {ns} for {name}"
+        );
+    }
+    assert!(common::kustomize::find(&monitoring, "PrometheusRule", "edgeplex").is_some());
 }

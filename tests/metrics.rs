@@ -359,8 +359,9 @@ fn hostile_scrapers_do_not_stop_capture() {
     );
 }
 
-/// The endpoints tell the truth: a serial device (a real pty) that vanishes makes `/readyz`
-/// fail naming the stream and flips `edgeplex_source_up` to 0; when it returns, both recover.
+/// The endpoints tell the truth: a required serial device (a real pty) that vanishes makes
+/// `/readyz` fail naming the stream and flips `edgeplex_source_up` to 0; when it returns, both
+/// recover.
 #[test]
 fn readyz_and_source_up_follow_the_device() {
     let _serial = one_at_a_time();
@@ -373,8 +374,8 @@ fn readyz_and_source_up_follow_the_device() {
         &config,
         format!(
             "[ring]\ndir = \"{dir}\"\n[metrics]\nlisten = \"{addr}\"\n[agent]\nretry_initial_secs = 0.1\nretry_max_secs = 0.5\n\
-             [stream.gps0]\ntype = \"serial\"\ndevice = \"{link}\"\nbaud = 9600\n\
-             [stream.cam0]\ntype = \"test-pattern\"\nwidth = 64\nheight = 48\nfps = 10\n",
+             [stream.gps0]\ntype = \"serial\"\nrequired = true\ndevice = \"{link}\"\nbaud = 9600\n\
+             [stream.cam0]\ntype = \"test-pattern\"\nrequired = true\nwidth = 64\nheight = 48\nfps = 10\n",
             dir = rings.path().display(),
             link = link.display()
         ),
@@ -440,6 +441,186 @@ fn readyz_and_source_up_follow_the_device() {
         Some(1.0),
         "the reconnect is counted"
     );
+}
+
+/// `/readyz` waits only for streams marked `required`: a node whose optional sensor is missing
+/// is Ready (while `edgeplex_source_up` still says the sensor is down). And a required device
+/// refused to an agent in a pod gets a hint for a pod (the device cgroup), never `snap connect`.
+#[test]
+fn readyz_waits_only_for_required_streams_and_hints_fit_a_pod() {
+    let _serial = one_at_a_time();
+    let rings = common::shm_dir();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = rings.path().join("optional.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ring]\ndir = \"{dir}\"\n[metrics]\nlisten = \"{addr}\"\n[kube]\nmode = \"off\"\n\
+             [stream.gps9]\ntype = \"serial\"\ndevice = \"{missing}\"\nbaud = 9600\n\
+             [stream.cam0]\ntype = \"test-pattern\"\nrequired = true\nwidth = 64\nheight = 48\nfps = 10\n",
+            dir = rings.path().join("rings").display(),
+            missing = rings.path().join("ttyNOPE").display(),
+        ),
+    )
+    .unwrap();
+    let source_up = |stream: &str| -> Option<f64> {
+        let (_, body) = get(addr, "/metrics").ok()?;
+        prom::value(&body, &format!("edgeplex_source_up{{stream=\"{stream}\"}}"))
+    };
+    {
+        let _agent = Proc(
+            Command::new(EDGEPLEX)
+                .args(["run", "--config"])
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for("the optional sensor reported down", LIMIT, || {
+            (source_up("gps9") == Some(0.0) && source_up("cam0") == Some(1.0)).then_some(())
+        });
+        let (code, body) = get(addr, "/readyz").unwrap();
+        assert_eq!(
+            code, 200,
+            "an optional stream down keeps the node Ready: {body}"
+        );
+    }
+
+    // In a pod, a required serial port the agent may not open.
+    let device = rings.path().join("ttyLOCKED");
+    std::fs::write(&device, b"").unwrap();
+    let ring_dir = rings.path().join("rings-pod");
+    std::fs::create_dir(&ring_dir).unwrap();
+    let mut cmd = Command::new(EDGEPLEX);
+    if rustix::process::geteuid().is_root() {
+        // Root opens anything: the agent runs as nobody, owning its ring directory, and the
+        // device is root's, mode 0600.
+        use std::os::unix::process::CommandExt;
+        std::os::unix::fs::chown(&ring_dir, Some(65534), Some(65534)).unwrap();
+        std::os::unix::fs::chown(rings.path(), Some(65534), None).unwrap();
+        std::fs::set_permissions(&device, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        cmd.uid(65534).gid(65534);
+    } else {
+        std::fs::set_permissions(&device, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+            .unwrap();
+    }
+    let pod_config = rings.path().join("pod.toml");
+    std::fs::write(
+        &pod_config,
+        format!(
+            "[ring]\ndir = \"{dir}\"\n[metrics]\nlisten = \"{addr}\"\n[kube]\nmode = \"off\"\n\
+             [stream.gps0]\ntype = \"serial\"\nrequired = true\ndevice = \"{device}\"\nbaud = 9600\n",
+            dir = ring_dir.display(),
+            device = device.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &pod_config,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let _agent = Proc(
+        cmd.args(["run", "--config"])
+            .arg(&pod_config)
+            .env("KUBERNETES_SERVICE_HOST", "10.152.183.1")
+            .env_remove("SNAP_NAME")
+            .env_remove("SNAP_INSTANCE_NAME")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let body = wait_for("readyz names the refused device", LIMIT, || {
+        match get(addr, "/readyz") {
+            Ok((503, body)) if body.contains("permission denied") => Some(body),
+            _ => None,
+        }
+    });
+    assert!(body.contains("stream gps0: down"), "{body}");
+    assert!(body.contains("device cgroup"), "a hint for a pod: {body}");
+    assert!(!body.contains("snap"), "no snap advice in a pod: {body}");
+}
+
+/// The DaemonSet mounts the host's `/dev` read-only (docs/device-access.md): a serial port opened
+/// through a read-only mount still reads and is written to. The port is a real pty; the agent
+/// sees the host's devpts (where the pty's device node lives) only through a read-only bind
+/// mount in its own mount namespace, where creating a file fails.
+#[test]
+fn a_serial_port_reads_through_a_read_only_mount() {
+    let _serial = one_at_a_time();
+    use serialport::{SerialPort, TTYPort};
+    if !rustix::process::geteuid().is_root() {
+        return tools::missing("root, for a read-only bind mount in a mount namespace");
+    }
+    let unshare_ok = Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !unshare_ok {
+        return tools::missing("permission for `unshare -m` (util-linux, as root)");
+    }
+    let work = common::shm_dir();
+    let dev = work.path().join("host-dev");
+    std::fs::create_dir(&dev).unwrap();
+    // Made before the agent starts, so the agent inherits its fds; harmless here, nothing is
+    // unplugged.
+    let (mut master, slave) = TTYPort::pair().expect("create a pty pair");
+    let pts = PathBuf::from(slave.name().unwrap());
+    let (pts_dir, pts_name) = (pts.parent().unwrap(), pts.file_name().unwrap());
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = work.path().join("edgeplex.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ring]\ndir = \"{rings}\"\n[metrics]\nlisten = \"{addr}\"\n[kube]\nmode = \"off\"\n\
+             [agent]\nretry_initial_secs = 0.1\nretry_max_secs = 0.2\n\
+             [stream.gps0]\ntype = \"serial\"\nrequired = true\ndevice = \"{port}\"\nbaud = 9600\n",
+            rings = work.path().join("rings").display(),
+            port = dev.join(pts_name).display(),
+        ),
+    )
+    .unwrap();
+    let d = dev.display().to_string();
+    let script = format!(
+        "mount --bind '{src}' '{d}' && mount -o remount,bind,ro '{d}' || exit 97; \
+         if touch '{d}/probe' 2>/dev/null; then echo 'mount is writable' >&2; exit 98; fi; \
+         exec \"$0\" run --config '{c}'",
+        src = pts_dir.display(),
+        c = config.display()
+    );
+    let mut agent = Proc(
+        Command::new("unshare")
+            .args(["-m", "sh", "-c", &script, EDGEPLEX])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let published = || -> Option<f64> {
+        let (_, body) = get(addr, "/metrics").ok()?;
+        prom::value(
+            &body,
+            "edgeplex_ring_messages_published_total{stream=\"gps0\"}",
+        )
+    };
+    wait_for("sentences read through the read-only mount", LIMIT, || {
+        if let Ok(Some(status)) = agent.0.try_wait() {
+            let mut err = String::new();
+            let _ = agent.0.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("the agent exited with {status}: {err}");
+        }
+        master
+            .write_all(b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n")
+            .ok()?;
+        std::thread::sleep(Duration::from_millis(50));
+        (published()? >= 3.0).then_some(())
+    });
+    let (code, body) = get(addr, "/readyz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    drop(slave);
 }
 
 /// The Prometheus text reader the tests use (`common::prom`) reads labels in any order,

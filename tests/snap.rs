@@ -245,12 +245,14 @@ fn good_config() -> Value {
                 "height": 720,
                 "format": "YUYV",
                 "slot-count": 8,
-                "stall-timeout-secs": 5
+                "stall-timeout-secs": 5,
+                "required": true
             },
             "gps0": {
                 "type": "serial",
                 "device": "/dev/ttyUSB0",
                 "baud": 9600,
+                "nodes": ["edge-1"],
                 "framing": {"type": "lines", "max-len": 82, "terminator": "\n"}
             }
         },
@@ -327,6 +329,12 @@ fn configure_accepts_good_values_and_writes_the_toml() {
         assert_eq!(cam["device"].as_str(), Some("/dev/video0"));
         assert_eq!(cam["width"].as_integer(), Some(1280));
         assert_eq!(cam["slot_count"].as_integer(), Some(8), "- became _");
+        // The per-stream keys every kind has (docs/fleet.md) pass through `snap set`.
+        assert_eq!(cam["required"].as_bool(), Some(true));
+        assert_eq!(
+            t["stream"]["gps0"]["nodes"].as_array().unwrap()[0].as_str(),
+            Some("edge-1")
+        );
         assert_eq!(
             t["stream"]["gps0"]["framing"]["terminator"].as_str(),
             Some("\n")

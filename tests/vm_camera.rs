@@ -165,7 +165,7 @@ printf '%s\n' \
   '[ring]' 'dir = "/dev/shm/rings"' \
   '[metrics]' 'listen = "127.0.0.1:9464"' \
   '[agent]' 'retry_initial_secs = 5' 'retry_max_secs = 5' \
-  '[stream.cam0]' 'type = "camera"' 'device = "/dev/video0"' 'width = 640' 'height = 480' \
+  '[stream.cam0]' 'type = "camera"' 'required = true' 'device = "/dev/video0"' 'width = 640' 'height = 480' \
   'format = "YUYV"' 'fps = 30' 'slot_count = 8' 'stall_timeout_secs = 3' \
   '[stream.gps0]' 'type = "serial"' 'device = "/dev/ttyS1"' 'baud = 115200' > /tmp/edgeplex.toml
 edgeplex run --config /tmp/edgeplex.toml > /tmp/agent.log 2>&1 &

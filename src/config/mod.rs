@@ -29,7 +29,10 @@ pub use crate::settings::ConfigError;
 use crate::settings::{check_secs, typed};
 pub use crate::source::kinds::StreamConfig;
 use crate::telemetry::LogFormat;
+pub use stream::{Stream, StreamCommon};
 use values::{FileMode, GroupId, Listen, LogFilter};
+
+mod stream;
 
 /// Where both commands look for their configuration by default.
 pub const DEFAULT_PATH: &str = "/etc/edgeplex/edgeplex.toml";
@@ -57,7 +60,7 @@ pub struct Config {
     pub failover: crate::failover::FailoverSettings,
     /// Streams by name.
     #[serde(rename = "stream")]
-    pub streams: BTreeMap<String, StreamConfig>,
+    pub streams: BTreeMap<String, Stream>,
 }
 
 /// `[ring]`
@@ -339,7 +342,7 @@ impl Config {
                 .map(|(name, value)| {
                     let prefix = format!("stream.{name}");
                     check_stream_name(&name, &prefix)?;
-                    Ok((name, StreamConfig::from_value(value, &prefix)?))
+                    Ok((name, Stream::from_value(value, &prefix)?))
                 })
                 .collect::<Result<_, ConfigError>>()?,
         };
@@ -376,6 +379,13 @@ impl Config {
                 ))
             })?;
         }
+        if let Some(name) = self.stream_needing_labels() {
+            if self.kube.mode == crate::kube::KubeMode::Off {
+                return Err(ConfigError(format!(
+                    "stream.{name}.node_selector needs this node's labels from Kubernetes, but kube.mode = \"off\"; select by name instead (stream.{name}.nodes = [...]) or set kube.mode"
+                )));
+            }
+        }
         let a = &self.agent;
         for (key, v) in [
             ("agent.grace_period_secs", a.grace_period_secs),
@@ -397,6 +407,35 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The first stream whose selection needs this node's labels (it has a `node_selector`).
+    pub fn stream_needing_labels(&self) -> Option<&str> {
+        self.streams
+            .iter()
+            .find(|(_, s)| s.common.needs_labels())
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// Keep only the streams that run on the node called `node` with `labels` (see
+    /// [`StreamCommon::applies_to`]); a critical stream that does not run here is not critical
+    /// here. Returns the names of the streams left out.
+    pub fn select_for_node(
+        &mut self,
+        node: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<String> {
+        let left_out: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| !s.applies_to(node, labels))
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.streams.retain(|name, _| !left_out.contains(name));
+        self.node
+            .critical_streams
+            .retain(|name| !left_out.contains(name));
+        left_out
     }
 
     /// The effective configuration as TOML, in the syntax the loader reads.
@@ -468,7 +507,9 @@ pub fn schema_keys() -> Vec<String> {
         known_keys::<crate::failover::FailoverSettings>(Table::new()),
     );
     for kind in StreamConfig::TYPES {
-        add(&format!("stream.{kind}"), StreamConfig::keys(kind));
+        let mut kind_keys = StreamConfig::keys(kind);
+        kind_keys.extend(known_keys::<StreamCommon>(Table::new()));
+        add(&format!("stream.{kind}"), kind_keys);
     }
     keys
 }

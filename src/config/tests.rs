@@ -123,7 +123,7 @@ fn precedence_is_file_then_env_then_flags() {
     let c = load(Some(&path), e.clone(), &Overrides::default()).unwrap();
     assert_eq!(c.ring.dir, PathBuf::from("/env"));
     assert_eq!(c.failover.lease_name, "from-env");
-    assert!(matches!(&c.streams["cam0"], StreamConfig::TestPattern(s) if s.width == 800));
+    assert!(matches!(&c.streams["cam0"].config, StreamConfig::TestPattern(s) if s.width == 800));
     let mut flags = Overrides {
         set: vec!["stream.cam0.width=1024".into()],
         ..Default::default()
@@ -134,7 +134,7 @@ fn precedence_is_file_then_env_then_flags() {
     let c = load(Some(&path), e, &flags).unwrap();
     assert_eq!(c.ring.dir, PathBuf::from("/flag"));
     assert_eq!(c.failover.lease_name, "from-flag");
-    assert!(matches!(&c.streams["cam0"], StreamConfig::TestPattern(s) if s.width == 1024));
+    assert!(matches!(&c.streams["cam0"].config, StreamConfig::TestPattern(s) if s.width == 1024));
 }
 
 #[test]
@@ -156,7 +156,7 @@ fn errors_from_the_environment_and_flags_are_one_line() {
 #[test]
 fn the_shipped_example_parses_and_shows_every_kind() {
     let c = load(Some(example_path()), Vec::new(), &Overrides::default()).unwrap();
-    let types: Vec<_> = c.streams.values().map(StreamConfig::type_name).collect();
+    let types: Vec<_> = c.streams.values().map(|s| s.type_name()).collect();
     for t in StreamConfig::TYPES {
         assert!(types.contains(t), "the example lacks a {t} stream");
     }
@@ -296,4 +296,61 @@ mod hostile {
             }
         }
     }
+}
+
+/// One configuration for a fleet: each node keeps only its streams, and a critical stream that
+/// does not run on a node is not critical there.
+#[test]
+fn each_node_keeps_only_its_streams() {
+    let c = parse(
+        r#"
+[node]
+critical_streams = ["cam0", "gps0"]
+[stream.cam0]
+type = "test-pattern"
+node_selector = { "example.com/camera" = "usb" }
+[stream.gps0]
+type = "nmea-sim"
+nodes = ["edge-2"]
+[stream.temp0]
+type = "nmea-sim"
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.stream_needing_labels(), Some("cam0"));
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let mut one = c.clone();
+    let out = one.select_for_node("edge-1", &labels(&[("example.com/camera", "usb")]));
+    assert_eq!(out, ["gps0"]);
+    assert_eq!(one.streams.keys().collect::<Vec<_>>(), ["cam0", "temp0"]);
+    assert_eq!(one.node.critical_streams, ["cam0"]);
+    let mut two = c.clone();
+    two.select_for_node("edge-2", &labels(&[("example.com/camera", "csi")]));
+    assert_eq!(two.streams.keys().collect::<Vec<_>>(), ["gps0", "temp0"]);
+    assert_eq!(two.node.critical_streams, ["gps0"]);
+}
+
+/// Without Kubernetes there are no labels: a node selector is refused at load time, in one line
+/// that says what to do.
+#[test]
+fn a_node_selector_needs_kubernetes() {
+    let e = parse(
+        "[kube]\nmode = \"off\"\n[stream.cam0]\ntype = \"test-pattern\"\nnode_selector = { zone = \"a\" }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("stream.cam0.node_selector needs this node's labels")
+            && e.contains("nodes = [...]"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1);
+    // By name it works without Kubernetes.
+    parse("[kube]\nmode = \"off\"\n[stream.cam0]\ntype = \"test-pattern\"\nnodes = [\"edge-1\"]\nrequired = true\n")
+        .unwrap();
 }

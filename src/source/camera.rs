@@ -22,9 +22,6 @@ use super::{Device, Opener, SourceError, StreamHealth};
 use crate::ring::{layout, Meta, RingSpec, StreamKind, VideoFormat, Writer};
 use crate::settings::values::FourCc;
 
-const PERMISSION_HINT: &str =
-    "connect the camera interface (snap connect edgeplex:camera) or add the agent's user to the video group";
-
 /// How a camera stream is configured (`[stream.NAME]` with `type = "camera"`).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -194,8 +191,8 @@ fn apply_nice(nice: i32) {
         Err(e) => tracing::warn!(
             nice,
             error = %e,
-            "cannot set the capture thread's priority; raising it needs CAP_SYS_NICE \
-             (snap connect edgeplex:process-control, or add SYS_NICE to the pod's capabilities)"
+            hint = super::hint::sys_nice(super::hint::Runtime::detect()),
+            "cannot set the capture thread's priority; raising it needs CAP_SYS_NICE"
         ),
     }
 }
@@ -320,7 +317,14 @@ impl Opener for CameraOpener {
         }
         let s = &self.settings;
         let path = &s.device;
-        let io = |op, e| SourceError::from_io(path, op, e, PERMISSION_HINT);
+        let io = |op, e| {
+            SourceError::from_io(
+                path,
+                op,
+                e,
+                super::hint::permission_here(super::kinds::DeviceClass::Camera),
+            )
+        };
         // Reject a missing path before v4l's open, which names no file in its error.
         std::fs::metadata(path).map_err(|e| io("open", e))?;
         let dev = v4l::Device::with_path(path).map_err(|e| io("open", e))?;
@@ -460,7 +464,12 @@ impl Camera {
         // The user pointer queue lets go of its buffers before MMAP buffers are requested.
         self.capture = Capture::Closed;
         let q = mmap_queue(&self.dev, self.buffers).map_err(|e| {
-            SourceError::from_io(&self.device, "map buffers of", e, PERMISSION_HINT)
+            SourceError::from_io(
+                &self.device,
+                "map buffers of",
+                e,
+                super::hint::permission_here(super::kinds::DeviceClass::Camera),
+            )
         })?;
         self.capture = Capture::Mmap(q);
         Ok(())
@@ -544,7 +553,7 @@ impl Device for Camera {
                 &self.device,
                 "capture from",
                 e,
-                PERMISSION_HINT,
+                super::hint::permission_here(super::kinds::DeviceClass::Camera),
             )),
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod camera;
 pub mod framing;
+pub mod hint;
 pub mod kinds;
 pub mod serial;
 pub mod synthetic;
@@ -33,7 +34,7 @@ pub enum SourceError {
     PermissionDenied {
         /// Device path.
         device: PathBuf,
-        /// Which snap interface or group grants access.
+        /// What grants access where the agent runs ([`hint`]).
         hint: &'static str,
     },
     /// The device went away while streaming (unplugged, driver unloaded, port closed).
@@ -80,8 +81,8 @@ impl SourceError {
         }
     }
 
-    /// Map an I/O error on `device` to the variant a user can act on. `hint` says which snap
-    /// interface or group grants access to this kind of device.
+    /// Map an I/O error on `device` to the variant a user can act on. `hint` says what grants
+    /// access to this kind of device where the agent runs ([`hint::permission_here`]).
     pub fn from_io(
         device: &std::path::Path,
         op: &'static str,

@@ -38,10 +38,6 @@ use super::framing::{Event, Framer, Framing};
 use super::{Device, Opener, SourceError, StreamHealth};
 use crate::ring::{self, layout, Meta, RingError, RingSpec, StreamKind, Writer};
 
-/// How to get access to a serial port that is refused.
-pub const PERMISSION_HINT: &str = "connect the serial-port interface (snap connect \
-     edgeplex:serial-port) or add the agent's user to the dialout group";
-
 /// Lowest accepted baud rate.
 pub const MIN_BAUD: u32 = 50;
 /// Highest accepted baud rate.
@@ -565,7 +561,12 @@ fn read_error(path: &Path, e: io::Error) -> SourceError {
         (None, Some(errno)) => io::Error::from_raw_os_error(errno),
         _ => e,
     };
-    SourceError::from_io(path, "read", e, PERMISSION_HINT)
+    SourceError::from_io(
+        path,
+        "read",
+        e,
+        super::hint::permission_here(super::kinds::DeviceClass::Serial),
+    )
 }
 
 fn open_error(path: &Path, e: serialport::Error) -> SourceError {
@@ -595,7 +596,12 @@ fn open_error(path: &Path, e: serialport::Error) -> SourceError {
             None => io::Error::other(e.description),
         },
     };
-    SourceError::from_io(path, "open", io_err, PERMISSION_HINT)
+    SourceError::from_io(
+        path,
+        "open",
+        io_err,
+        super::hint::permission_here(super::kinds::DeviceClass::Serial),
+    )
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ use edgeplex::ring::Meta;
 
 pub mod agent;
 pub mod kubelet;
+pub mod kustomize;
 pub mod power;
 pub mod prom;
 pub mod rbac;

@@ -68,6 +68,8 @@ pub struct LeaseSighting {
     pub key: LeaseKey,
     /// `spec.leaseDurationSeconds`, if set and positive.
     pub duration: Option<Duration>,
+    /// The graceful-stop marker is set.
+    pub stopped: bool,
 }
 
 impl LeaseSighting {
@@ -84,6 +86,11 @@ impl LeaseSighting {
                 .and_then(|s| s.lease_duration_seconds)
                 .filter(|d| *d > 0)
                 .map(|d| Duration::from_secs(d.unsigned_abs().into())),
+            stopped: lease
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(crate::kube::keys::STOPPED_ANNOTATION)),
         }
     }
 }
@@ -136,6 +143,8 @@ impl LeaseTracker {
                 .as_ref()
                 .and_then(|s| s.duration)
                 .unwrap_or(self.default_duration);
+            let stopped = sighting.as_ref().is_some_and(|s| s.stopped);
+            let present = sighting.is_some();
             let key = sighting.map(|s| s.key);
             let entry = match self.entries.remove(name) {
                 None => Entry {
@@ -144,6 +153,8 @@ impl LeaseTracker {
                         last_change: now,
                         changes: 0,
                         duration,
+                        present,
+                        stopped,
                     },
                 },
                 Some(mut e) => {
@@ -155,12 +166,24 @@ impl LeaseTracker {
                         e.obs.last_change = now;
                     }
                     e.obs.duration = duration;
+                    e.obs.present = present;
+                    e.obs.stopped = stopped;
                     e
                 }
             };
             seen.insert(name.to_owned(), entry);
         }
         self.entries = seen;
+    }
+
+    /// Restart every clock at `now`, as after a gap in our own reads: used when the watches
+    /// that feed the tracker failed, so that what the nodes did meanwhile is not held against
+    /// them.
+    pub fn forgive(&mut self, now: Instant) {
+        for e in self.entries.values_mut() {
+            e.obs.last_change = e.obs.last_change.max(now);
+        }
+        self.last_read = Some(now);
     }
 
     /// The current observations, by node name.
@@ -191,6 +214,7 @@ mod tests {
                 renew_time: None,
             },
             duration: Some(D),
+            stopped: false,
         })
     }
 
@@ -434,6 +458,7 @@ mod tests {
                         renew_time,
                     },
                     duration: Some(D),
+                    stopped: false,
                 });
                 let sk = if version == 0 { key("0") } else { with_skew };
                 skewed.observe(now, [("n", sk)]);

@@ -9,6 +9,10 @@
 //! The rules, per group (nodes labelled `edgeplex.io/group=<g>`):
 //!
 //! - exactly one node carries `edgeplex.io/active=true`;
+//! - a node is *dead* ([`Snapshot::is_dead`]) when its agent's Lease has expired and its kubelet
+//!   gives no sign of life ([`NodeLiveness::Down`]: the kubelet's Lease expired or absent, or
+//!   `Ready` not `True`). An agent down on a node that is not dead ([`AgentDown`]: stopped
+//!   gracefully, crashed, not started yet) is no reason to move or taint anything;
 //! - an active node is moved only when it has a [`Reason`] to be moved (dead, battery critical,
 //!   device failure, failover taint); a healthy active is never moved, so a recovered primary does
 //!   not take `active` back (no flapping);
@@ -16,8 +20,10 @@
 //!   expired, Ready, schedulable, not tainted, no critical condition; primaries before backups
 //!   before nodes without a role, then by name. When no node is active (a new group, or the
 //!   controller's first look after a start), a better-ranked node whose Lease has not been seen
-//!   to change yet is waited for until it confirms or expires, so the primary is chosen whatever
-//!   order the Leases renew in; a handover off a failing active node never waits;
+//!   to change yet is waited for until it confirms or expires, and one whose node is alive while
+//!   its agent has not started yet or stopped gracefully is waited for as long as the node
+//!   lives, so the primary is chosen whatever order the agents start in; a handover off a
+//!   failing active node never waits;
 //! - a node handed over because it is dead gets the failover taint (value
 //!   [`DEAD_TAINT_VALUE`]), so its pods are evicted at once; other reasons leave the node to its
 //!   agent, which taints it itself. When the dead node's Lease is seen renewing again for

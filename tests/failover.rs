@@ -848,3 +848,47 @@ async fn controller_load_with_100_nodes_watches_and_a_quiet_standby() {
     standby.stop().await;
     leader.stop().await;
 }
+
+/// A watch that fails ends the leader's term: it starts over after a backoff, lists everything
+/// again and judges every Lease afresh. Here the list of `kube-node-lease` fails three times
+/// (a 403 until an admin fixes the RBAC, say): nothing is decided meanwhile, and once it
+/// succeeds the primary is activated; nothing is taken for dead.
+#[tokio::test]
+async fn a_failing_watch_starts_the_term_over_and_nothing_is_judged_meanwhile() {
+    let server = TestApiServer::start();
+    let c = server.cluster();
+    let nodes = ["p", "b"];
+    c.create_group_node("p", "g", "primary");
+    c.create_group_node("b", "g", "backup");
+    let _fleet = Fleet::start(
+        &c,
+        nodes.iter().map(|n| n.to_string()).collect(),
+        Duration::from_millis(200),
+    );
+    c.fail_matching("GET", "/namespaces/kube-node-lease/leases", 3, 403);
+    let ctl = Running::start(&server, "ctl").await;
+    wait_for_async("three failed lists of kube-node-lease", DEADLINE, || {
+        (ctl.metric("edgeplex_failover_api_errors_total{op=\"node_leases\"}") >= 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        c.active_nodes(&nodes),
+        Vec::<String>::new(),
+        "decided without the kubelets"
+    );
+    wait_active(&c, &nodes, "p", DEADLINE).await;
+    let lists = c
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/namespaces/kube-node-lease/leases") && !is_watch(r))
+        .count();
+    assert!(lists >= 4, "listed kube-node-lease {lists} times");
+    wait_rounds(&c, 10, DEADLINE).await;
+    assert_eq!(c.active_nodes(&nodes), ["p"]);
+    assert!(c.taints("p").is_empty() && c.taints("b").is_empty());
+    assert_eq!(
+        ctl.metric("edgeplex_failover_api_errors_total{op=\"node_leases\"}"),
+        3.0
+    );
+    ctl.stop().await;
+}

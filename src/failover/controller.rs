@@ -10,6 +10,7 @@
 //! its leadership again before every write.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, reflector, Store};
 use kube::runtime::watcher::{self, watcher};
-use kube::runtime::WatchStreamExt;
 use kube::Client;
 use tokio_stream::{Stream, StreamExt};
 use tracing::Instrument;
@@ -130,15 +130,18 @@ const WATCHES: [&str; 4] = [
     "node_leases",
 ];
 
+/// A term whose watch failed starts again after this, doubling up to [`TERM_RETRY_MAX`].
+const TERM_RETRY_MIN: Duration = Duration::from_millis(500);
+/// The longest wait before a new term after watch failures.
+const TERM_RETRY_MAX: Duration = Duration::from_secs(30);
+/// A term that lasted this long resets the retry delay.
+const TERM_HEALTHY: Duration = Duration::from_secs(60);
+
 /// What the watch drivers tell the reconcile loop.
 #[derive(Debug, Default)]
 struct WatchState {
-    /// Per watch: its initial list has completed at least once.
-    ready: [std::sync::atomic::AtomicBool; 4],
-    /// Per watch: its last item was an error (it is re-listing or backing off).
-    failing: [std::sync::atomic::AtomicBool; 4],
-    /// Some watch failed since the last round.
-    failed_since_round: std::sync::atomic::AtomicBool,
+    /// Per watch: its initial list has completed.
+    ready: [AtomicBool; 4],
     /// Wakes the loop on every change.
     changed: tokio::sync::Notify,
 }
@@ -147,15 +150,7 @@ impl WatchState {
     fn all_ready(&self) -> bool {
         self.ready.iter().all(|r| r.load(Ordering::Relaxed))
     }
-
-    /// Whether a watch is failing now or failed since the last call.
-    fn take_failure(&self) -> bool {
-        let since = self.failed_since_round.swap(false, Ordering::Relaxed);
-        since || self.failing.iter().any(|f| f.load(Ordering::Relaxed))
-    }
 }
-
-use std::sync::atomic::Ordering;
 
 /// The reflector stores of one leadership term.
 struct Stores {
@@ -214,16 +209,33 @@ impl Reconciler {
     /// standby makes no request at all here (only the elector reads the leader Lease).
     async fn run(&mut self, leadership: &Leadership, shutdown: &Shutdown) {
         let standby_check = self.poll.min(Duration::from_millis(200));
+        let mut retry = TERM_RETRY_MIN;
         while !shutdown.requested() {
             if leadership.is_leader() {
                 self.metrics.set_leader(true);
                 tracing::info!("leading: watching device groups");
-                self.lead(leadership, shutdown).await;
+                let started = Instant::now();
+                let watch_failed = self.lead(leadership, shutdown).await;
                 self.metrics.set_leader(false);
                 self.metrics.clear_groups();
-                if !shutdown.requested() {
-                    tracing::info!("not leading: standing by");
+                if shutdown.requested() {
+                    break;
                 }
+                if !watch_failed {
+                    tracing::info!("not leading: standing by");
+                    continue;
+                }
+                // A watch failed: the next term lists everything again and judges every Lease
+                // afresh (what the nodes did while we could not see is not held against them).
+                if started.elapsed() >= TERM_HEALTHY {
+                    retry = TERM_RETRY_MIN;
+                }
+                tracing::info!(
+                    retry_in_secs = retry.as_secs_f64(),
+                    "a watch failed: starting over"
+                );
+                shutdown.sleep(retry).await;
+                retry = (retry * 2).min(TERM_RETRY_MAX);
             } else {
                 shutdown.sleep(standby_check).await;
             }
@@ -231,8 +243,9 @@ impl Reconciler {
     }
 
     /// One leadership term: watch the Nodes of the groups and the Leases, decide on every
-    /// change and every poll interval, until leadership is lost or `shutdown`.
-    async fn lead(&self, leadership: &Leadership, shutdown: &Shutdown) {
+    /// change and every poll interval, until leadership is lost, `shutdown`, or a watch fails
+    /// (then `true`).
+    async fn lead(&self, leadership: &Leadership, shutdown: &Shutdown) -> bool {
         let state = WatchState::default();
         let (grouped, w_grouped) = reflector::store::<Node>();
         let (active, w_active) = reflector::store::<Node>();
@@ -249,43 +262,22 @@ impl Reconciler {
         let kubelets: Api<Lease> =
             Api::namespaced(self.client.clone(), crate::kube::keys::NODE_LEASE_NAMESPACE);
         let cfg = watcher::Config::default;
+        // No backoff inside the watchers: their first error ends the term (see `run`).
         let watches = async {
-            tokio::join!(
-                self.drive(
-                    0,
-                    &state,
-                    reflector(
-                        w_grouped,
-                        watcher(nodes.clone(), cfg().labels(GROUP_LABEL)).default_backoff(),
-                    ),
-                ),
-                self.drive(
-                    1,
-                    &state,
-                    reflector(
-                        w_active,
-                        watcher(nodes, cfg().labels(ACTIVE_LABEL)).default_backoff(),
-                    ),
-                ),
-                self.drive(
-                    2,
-                    &state,
-                    reflector(w_agent, watcher(agents, cfg()).default_backoff()),
-                ),
-                self.drive(
-                    3,
-                    &state,
-                    reflector(w_kubelet, watcher(kubelets, cfg()).default_backoff()),
-                ),
-            )
+            tokio::select! {
+                () = self.drive(0, &state, reflector(w_grouped, watcher(nodes.clone(), cfg().labels(GROUP_LABEL)))) => {}
+                () = self.drive(1, &state, reflector(w_active, watcher(nodes, cfg().labels(ACTIVE_LABEL)))) => {}
+                () = self.drive(2, &state, reflector(w_agent, watcher(agents, cfg()))) => {}
+                () = self.drive(3, &state, reflector(w_kubelet, watcher(kubelets, cfg()))) => {}
+            }
         };
         tokio::select! {
-            _ = watches => {}
-            () = self.reconcile(&stores, &state, leadership, shutdown) => {}
+            () = watches => true,
+            () = self.reconcile(&stores, &state, leadership, shutdown) => false,
         }
     }
 
-    /// Feed one watch into its store, recording readiness and failures.
+    /// Feed one watch into its store, recording readiness; returns on its first error.
     async fn drive<K>(
         &self,
         i: usize,
@@ -299,17 +291,23 @@ impl Reconciler {
                     if matches!(ev, watcher::Event::InitDone) {
                         state.ready[i].store(true, Ordering::Relaxed);
                     }
-                    if state.failing[i].swap(false, Ordering::Relaxed) {
-                        tracing::info!(watch = WATCHES[i], "watch resumed");
-                    }
                     state.changed.notify_one();
                 }
                 Err(e) => {
-                    state.failing[i].store(true, Ordering::Relaxed);
-                    state.failed_since_round.store(true, Ordering::Relaxed);
                     self.metrics.api_error(WATCHES[i]);
-                    tracing::warn!(watch = WATCHES[i], error = %e, "watch failed; retrying with backoff");
-                    state.changed.notify_one();
+                    let forbidden = matches!(
+                        &e,
+                        watcher::Error::InitialListFailed(kube::Error::Api(s))
+                            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+                            if s.code == 403
+                    );
+                    let hint = if forbidden {
+                        "; grant the controller's service account manifests/failover/rbac.yaml (it lists and watches Nodes, the agents' Leases and kube-node-lease); it decides nothing until every watch has listed once"
+                    } else {
+                        ""
+                    };
+                    tracing::warn!(watch = WATCHES[i], error = %e, "watch failed{hint}");
+                    return;
                 }
             }
         }
@@ -330,7 +328,7 @@ impl Reconciler {
         };
         while !shutdown.requested() && leadership.is_leader() {
             if state.all_ready() {
-                self.round(&mut term, stores, state, leadership).await;
+                self.round(&mut term, stores, leadership).await;
             }
             tokio::select! {
                 () = state.changed.notified() => {}
@@ -340,13 +338,7 @@ impl Reconciler {
         }
     }
 
-    async fn round(
-        &self,
-        term: &mut Term,
-        stores: &Stores,
-        state: &WatchState,
-        leadership: &Leadership,
-    ) {
+    async fn round(&self, term: &mut Term, stores: &Stores, leadership: &Leadership) {
         let now = Instant::now();
         // A node in both stores: the group watch's copy wins (the active watch only adds the
         // nodes labelled active outside any group, whose label must go).
@@ -390,12 +382,6 @@ impl Reconciler {
                 (name, node_leases.get(name).map(|l| LeaseSighting::of(l)))
             }),
         );
-        // While a watch fails we cannot see renewals: what the nodes did meanwhile is not held
-        // against them (they probably could not reach the same API server either).
-        if state.take_failure() {
-            term.tracker.forgive(now);
-            term.kubelets.forgive(now);
-        }
         let snapshot = Snapshot {
             now,
             nodes: views,

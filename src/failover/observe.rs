@@ -176,16 +176,6 @@ impl LeaseTracker {
         self.entries = seen;
     }
 
-    /// Restart every clock at `now`, as after a gap in our own reads: used when the watches
-    /// that feed the tracker failed, so that what the nodes did meanwhile is not held against
-    /// them.
-    pub fn forgive(&mut self, now: Instant) {
-        for e in self.entries.values_mut() {
-            e.obs.last_change = e.obs.last_change.max(now);
-        }
-        self.last_read = Some(now);
-    }
-
     /// The current observations, by node name.
     pub fn observations(&self) -> BTreeMap<String, LeaseObservation> {
         self.entries

@@ -334,6 +334,36 @@ mod tests {
         }
         assert_eq!(LeaseSighting::of(&odd).duration, None);
         assert_eq!(LeaseSighting::of(&Lease::default()).duration, None);
+        // The graceful-stop marker.
+        assert!(!s.stopped);
+        let mut stopped = lease.clone();
+        stopped.metadata.annotations = Some(
+            [(
+                crate::kube::keys::STOPPED_ANNOTATION.to_owned(),
+                "2026-11-30T12:00:00Z".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        assert!(LeaseSighting::of(&stopped).stopped);
+    }
+
+    #[test]
+    fn the_tracker_records_presence_and_the_stop_marker() {
+        let t0 = Instant::now();
+        let mut t = LeaseTracker::new(D, Duration::from_secs(10));
+        t.observe(t0, [("n", None)]);
+        assert!(!t.observations()["n"].present);
+        let mut marked = key("1");
+        if let Some(s) = marked.as_mut() {
+            s.stopped = true;
+        }
+        t.observe(t0 + ms(100), [("n", marked)]);
+        let o = t.observations()["n"];
+        assert!(o.present && o.stopped);
+        t.observe(t0 + ms(200), [("n", key("2"))]);
+        let o = t.observations()["n"];
+        assert!(o.present && !o.stopped);
     }
 
     #[test]

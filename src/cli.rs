@@ -184,8 +184,8 @@ pub struct FailoverArgs {
     /// (`failover.agent_lease_duration_secs`) [default: 40].
     #[arg(long, value_name = "SECS")]
     pub agent_lease_duration: Option<f64>,
-    /// Seconds between reads of Nodes and agent Leases (`failover.poll_interval_secs`)
-    /// [default: 1].
+    /// Seconds between decisions from the watched Nodes and Leases, besides one per change; no
+    /// request (`failover.poll_interval_secs`) [default: 1].
     #[arg(long, value_name = "SECS")]
     pub poll_interval: Option<f64>,
     /// Seconds a node the controller tainted as dead must renew its Lease before that taint is

@@ -44,6 +44,12 @@ pub mod keys {
     pub const BATTERY_ANNOTATION: &str = "edgeplex.io/battery";
     /// Annotation: the rings this node serves, JSON.
     pub const RINGS_ANNOTATION: &str = "edgeplex.io/rings";
+    /// Annotation on the agent's own Lease, written by its last renewal before a graceful stop
+    /// (SIGTERM/SIGINT), value the RFC 3339 time of the stop; the next renewal removes it. It
+    /// tells the failover controller a planned restart from a crash.
+    pub const STOPPED_ANNOTATION: &str = "edgeplex.io/stopped";
+    /// Namespace of the kubelets' own heartbeat Leases (one per node, named after it).
+    pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
     /// The taint key (effect `NoExecute`) that makes pods leave a node that must hand over.
     pub const FAILOVER_TAINT: &str = "edgeplex.io/failover";
     /// Node condition: the battery is critical (time to hand over).

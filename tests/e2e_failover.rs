@@ -253,3 +253,206 @@ async fn scenario() {
         rbac::assert_exact(account, &rbac::granted(account, NS), &used);
     }
 }
+
+/// A stand-in kubelet's heartbeat: renews `kube-node-lease/<node>` (duration
+/// [`KUBELET_LEASE_SECS`]) every 200 ms until stopped or dropped.
+struct KubeletLease {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Instant>>,
+}
+
+/// The stand-in kubelets' Lease duration (a real kubelet declares 40 s).
+const KUBELET_LEASE_SECS: u32 = 2;
+
+impl KubeletLease {
+    fn start(cluster: &Cluster, node: &str) -> KubeletLease {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, n, s) = (cluster.clone(), node.to_owned(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut last = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                c.renew_lease("kubelet", "kube-node-lease", &n, KUBELET_LEASE_SECS);
+                last = Instant::now();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            last
+        });
+        KubeletLease {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The kubelet stops (the node dies); returns the time of its last renewal.
+    fn stop(mut self) -> Instant {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().expect("kubelet thread"))
+            .unwrap_or_else(Instant::now)
+    }
+}
+
+impl Drop for KubeletLease {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Nothing the failover controller does to a node whose agent is merely down: no failover
+/// taint on either node, no eviction, no FailedOver event, `edge-a` still the active node.
+fn assert_untouched(c: &Cluster, what: &str) {
+    for node in NODES {
+        assert_eq!(failover_taint(c, node), None, "{what}: {node} tainted");
+    }
+    assert_eq!(c.active_nodes(&NODES), ["edge-a"], "{what}: active moved");
+    assert!(
+        c.events_with_reason("FailedOver").is_empty(),
+        "{what}: {:?}",
+        c.events_with_reason("FailedOver")
+    );
+    assert_eq!(c.count("POST", "/eviction"), 0, "{what}: an eviction");
+}
+
+/// Start order and rolling updates, with stand-in kubelets renewing the nodes' own Leases in
+/// `kube-node-lease` and only the admin's labels on the Nodes:
+///
+/// 1. Controller first, then the backup's agent, then, long after the controller's
+///    `--agent-lease-duration` (what it assumes for a missing agent Lease), the primary's
+///    agent: the primary's node is alive, so its agent is waited for, and it becomes active.
+/// 2. A rolling update: `edge-a`'s agent is stopped with SIGTERM (it marks its Lease
+///    `edgeplex.io/stopped`) for three times its Lease duration, then restarted; then killed
+///    (SIGKILL, a crash) for three Lease durations too. The kubelet renews throughout: nothing
+///    is tainted or evicted, and `active` stays on `edge-a` (as docs/failover.md says).
+/// 3. The kubelet's Lease stops too: `edge-a` is dead, `edge-b` becomes active and `edge-a`
+///    is tainted node-dead. The time from the kubelet's last renewal to the handover is
+///    printed.
+#[tokio::test]
+async fn a_rolling_update_is_not_a_failover_and_a_late_primary_still_wins() {
+    tokio::time::timeout(WATCHDOG, rolling_update())
+        .await
+        .expect("the rolling-update scenario finishes within the watchdog");
+}
+
+async fn rolling_update() {
+    /// What the controller assumes for a missing agent Lease: short, so "much later" is.
+    const MISSING: u32 = 2;
+    let server = TestApiServer::start();
+    let c = server.cluster();
+    c.create_group_node("edge-a", GROUP, "primary");
+    c.create_group_node("edge-b", GROUP, "backup");
+    let kubelet_a = KubeletLease::start(&c, "edge-a");
+    let _kubelet_b = KubeletLease::start(&c, "edge-b");
+    let ctl_dir = tempfile::tempdir().expect("controller dir");
+
+    // 1. Start order.
+    let mut ctl = Controller::start(
+        server.kubeconfig_path(),
+        ctl_dir.path(),
+        NS,
+        AGENT_LEASE_SECS,
+        MISSING,
+    );
+    let _b = start_agent(&server, "edge-b");
+    wait_for_async("edge-b's heartbeat Lease", DEADLINE, || {
+        c.lease(NS, "edge-b").map(|_| ())
+    })
+    .await;
+    let waited = Instant::now();
+    // Four times what the controller assumes for the primary's missing Lease.
+    tokio::time::sleep(Duration::from_secs(u64::from(MISSING) * 4)).await;
+    wait_rounds(&c, 5, DEADLINE).await;
+    assert_eq!(
+        c.active_nodes(&NODES),
+        Vec::<String>::new(),
+        "the backup was activated while the primary's node was alive and its agent not started"
+    );
+    let mut a = start_agent(&server, "edge-a");
+    wait_active(&c, &NODES, "edge-a", DEADLINE).await;
+    eprintln!(
+        "e2e: primary's agent started {} ms after the backup's; the primary became active",
+        ms(waited.elapsed())
+    );
+    assert!(c
+        .events_with_reason("Activated")
+        .iter()
+        .all(|e| e["involvedObject"]["name"] == "edge-a"));
+
+    // 2. Rolling update: a graceful stop, then a crash, each for three agent Lease durations.
+    let outage = Duration::from_secs(u64::from(AGENT_LEASE_SECS) * 3);
+    let (stopped, clean) = a.terminate();
+    assert!(clean, "the agent exits 0 on SIGTERM:\n{}", a.log());
+    let marked = c.lease(NS, "edge-a").and_then(|l| {
+        l["metadata"]["annotations"]["edgeplex.io/stopped"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    assert!(
+        marked.is_some(),
+        "the graceful stop marked the Lease: {:?}",
+        c.lease(NS, "edge-a")
+    );
+    while stopped.elapsed() < outage {
+        assert_untouched(&c, "agent stopped gracefully");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_rounds(&c, 5, DEADLINE).await;
+    assert_untouched(&c, "agent stopped gracefully");
+    wait_for_async("the controller to log the planned stop", DEADLINE, || {
+        ctl.log().contains("agent stopped gracefully").then_some(())
+    })
+    .await;
+    let mut a = start_agent(&server, "edge-a");
+    wait_for_async(
+        "the marker removed by the restarted agent",
+        DEADLINE,
+        || {
+            c.lease(NS, "edge-a")
+                .filter(|l| l["metadata"]["annotations"]["edgeplex.io/stopped"].is_null())
+                .map(|_| ())
+        },
+    )
+    .await;
+    let crashed = a.kill();
+    while crashed.elapsed() < outage {
+        assert_untouched(&c, "agent crashed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_rounds(&c, 5, DEADLINE).await;
+    assert_untouched(&c, "agent crashed");
+    wait_for_async("the controller to log the crash", DEADLINE, || {
+        ctl.log()
+            .contains("agent down without a graceful stop")
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "e2e: agent-only outages of {} ms (SIGTERM) and {} ms (SIGKILL) with the kubelet renewing: no taint, no eviction, active stayed",
+        ms(outage),
+        ms(outage)
+    );
+
+    // 3. The kubelet stops too: the node is dead.
+    let last_kubelet = kubelet_a.stop();
+    let moved = wait_active(&c, &NODES, "edge-b", DEADLINE).await;
+    let tainted = wait_for_async("edge-a's node-dead taint", DEADLINE, || {
+        (failover_taint(&c, "edge-a").as_deref() == Some("node-dead")).then(Instant::now)
+    })
+    .await;
+    assert!(
+        moved - last_kubelet >= Duration::from_secs(u64::from(KUBELET_LEASE_SECS)) / 2,
+        "declared dead before the kubelet's Lease could expire"
+    );
+    eprintln!(
+        "e2e: kubelet's last renewal -> edge-b active: {} ms; -> edge-a tainted node-dead: {} ms (kubelet Lease {} s)",
+        ms(moved - last_kubelet),
+        ms(tainted - last_kubelet),
+        KUBELET_LEASE_SECS
+    );
+    assert_eq!(c.count("POST", "/eviction"), 0);
+    ctl.assert_running();
+}

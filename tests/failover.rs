@@ -10,6 +10,7 @@
 mod common;
 mod kube_api;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -662,4 +663,232 @@ async fn the_binary_leads_serves_metrics_and_releases_on_sigterm() {
     .await;
     assert!(status.success(), "{status:?}");
     assert_eq!(leader_holder(&c), None, "leadership released on SIGTERM");
+}
+
+/// Renews the agent Leases (`edgeplex/<node>`) and the kubelet Leases (`kube-node-lease/<node>`)
+/// of `nodes` in-process (not in the request log) every `every`, until dropped.
+struct Fleet {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Fleet {
+    fn start(cluster: &Cluster, nodes: Vec<String>, every: Duration) -> Fleet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (cluster.clone(), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                for n in &nodes {
+                    c.renew_lease("edgeplex", NS, n, AGENT_LEASE_SECS as u32);
+                    c.renew_lease("kubelet", "kube-node-lease", n, 40);
+                }
+                std::thread::sleep(every);
+            }
+        });
+        Fleet {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A controller task whose requests carry User-Agent `<user_agent>/...`, with the default
+/// intervals (poll 1 s, leader renewals every 2 s): what a real deployment does.
+async fn start_with_defaults(server: &TestApiServer, identity: &str, user_agent: &str) -> Running {
+    let s = FailoverSettings {
+        agent_lease_duration_secs: AGENT_LEASE_SECS as f64,
+        metrics_listen: edgeplex::config::values::Listen::OFF,
+        ..FailoverSettings::default()
+    };
+    let kube = kube_settings(server);
+    let client = edgeplex::kube::connect_as(&kube, user_agent)
+        .await
+        .expect("client")
+        .expect("a cluster");
+    let registry = Registry::new();
+    let metrics = FailoverMetrics::register(&registry).expect("metrics");
+    let shutdown = Shutdown::default();
+    let controller = Controller::new(client, s, kube, identity.to_owned(), metrics);
+    let task = tokio::spawn(controller.run(shutdown.clone()));
+    Running {
+        identity: identity.to_owned(),
+        registry,
+        shutdown,
+        task,
+    }
+}
+
+/// Whether a request lists or watches Nodes or Leases other than the leader Lease itself.
+fn reads_the_fleet(r: &kube_api::RequestRecord) -> bool {
+    r.method == "GET"
+        && (r.path == "/api/v1/nodes"
+            || r.path.starts_with("/api/v1/nodes/")
+            || (r.path.contains("/leases") && !r.path.ends_with("/leases/edgeplex-failover")))
+}
+
+fn is_watch(r: &kube_api::RequestRecord) -> bool {
+    r.query
+        .split('&')
+        .any(|p| p == "watch=true" || p == "watch=1")
+}
+
+/// Controller load with 100 Nodes (50 groups of a primary and a backup), 100 agent Leases and
+/// 100 kubelet Leases renewing every second, at the default intervals: the leader follows them
+/// through watches and makes no periodic list; the standby makes no request about Nodes or
+/// Leases at all, only its look at the leader Lease. The requests per second of each are
+/// printed (run with `--nocapture`), counted from the server's request log by User-Agent.
+#[tokio::test]
+async fn controller_load_with_100_nodes_watches_and_a_quiet_standby() {
+    const NODES: usize = 100;
+    const WINDOW: Duration = Duration::from_secs(10);
+    let server = TestApiServer::start();
+    let c = server.cluster();
+    let names: Vec<String> = (0..NODES).map(|i| format!("n{i:03}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        let role = if i % 2 == 0 { "primary" } else { "backup" };
+        c.create_group_node(n, &format!("g{:02}", i / 2), role);
+    }
+    let _fleet = Fleet::start(&c, names.clone(), Duration::from_secs(1));
+    let leader = start_with_defaults(&server, "ctl-a", "load-leader").await;
+    let primaries: Vec<&str> = names.iter().step_by(2).map(String::as_str).collect();
+    wait_for_async(
+        "every group's primary active",
+        Duration::from_secs(60),
+        || (c.active_nodes(&primaries).len() == NODES / 2).then_some(()),
+    )
+    .await;
+    let standby = start_with_defaults(&server, "ctl-b", "load-standby").await;
+    // Steady state: both running for a few seconds, then the measured window.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let from = c.requests().len();
+    let t0 = Instant::now();
+    tokio::time::sleep(WINDOW).await;
+    let window = c.requests()[from..].to_vec();
+    let elapsed = t0.elapsed().as_secs_f64();
+    assert_eq!(leader_holder(&c).as_deref(), Some("ctl-a"));
+    let of = |ua: &str| -> Vec<kube_api::RequestRecord> {
+        let prefix = format!("{ua}/");
+        window
+            .iter()
+            .filter(|r| r.user_agent.starts_with(&prefix))
+            .cloned()
+            .collect()
+    };
+    let (l, s) = (of("load-leader"), of("load-standby"));
+    let describe = |rs: &[kube_api::RequestRecord]| -> String {
+        let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+        for r in rs {
+            let what = if is_watch(r) {
+                "watch"
+            } else {
+                r.method.as_str()
+            };
+            *kinds.entry(format!("{what} {}", r.path)).or_default() += 1;
+        }
+        format!("{kinds:?}")
+    };
+    eprintln!(
+        "controller load, {NODES} nodes + {NODES} agent Leases + {NODES} kubelet Leases, over {elapsed:.1} s: leader {:.2} req/s {}; standby {:.2} req/s {}",
+        l.len() as f64 / elapsed,
+        describe(&l),
+        s.len() as f64 / elapsed,
+        describe(&s)
+    );
+    // The standby only looks at the leader Lease.
+    let standby_reads: Vec<_> = s.iter().filter(|r| reads_the_fleet(r)).collect();
+    assert!(
+        standby_reads.is_empty(),
+        "the standby read Nodes or Leases: {standby_reads:#?}"
+    );
+    assert!(!s.is_empty(), "the standby looks at the leader Lease");
+    // The leader makes no periodic list: at steady state, watches stay open.
+    let leader_lists: Vec<_> = l
+        .iter()
+        .filter(|r| reads_the_fleet(r) && !is_watch(r))
+        .collect();
+    assert!(
+        leader_lists.is_empty(),
+        "the leader listed at steady state: {leader_lists:#?}"
+    );
+    // It watches Nodes by label and both kinds of Lease.
+    let all = c.requests();
+    let watched = |path: &str, selector: Option<&str>| {
+        all.iter().any(|r| {
+            r.user_agent.starts_with("load-leader/")
+                && is_watch(r)
+                && r.path == path
+                && selector.is_none_or(|s| r.query.replace("%2F", "/").contains(s))
+        })
+    };
+    assert!(watched(
+        "/api/v1/nodes",
+        Some("labelSelector=edgeplex.io/group")
+    ));
+    assert!(watched(
+        "/api/v1/nodes",
+        Some("labelSelector=edgeplex.io/active")
+    ));
+    assert!(watched(
+        &format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"),
+        None
+    ));
+    assert!(watched(
+        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+        None
+    ));
+    standby.stop().await;
+    leader.stop().await;
+}
+
+/// A watch that fails ends the leader's term: it starts over after a backoff, lists everything
+/// again and judges every Lease afresh. Here the list of `kube-node-lease` fails three times
+/// (a 403 until an admin fixes the RBAC, say): nothing is decided meanwhile, and once it
+/// succeeds the primary is activated; nothing is taken for dead.
+#[tokio::test]
+async fn a_failing_watch_starts_the_term_over_and_nothing_is_judged_meanwhile() {
+    let server = TestApiServer::start();
+    let c = server.cluster();
+    let nodes = ["p", "b"];
+    c.create_group_node("p", "g", "primary");
+    c.create_group_node("b", "g", "backup");
+    let _fleet = Fleet::start(
+        &c,
+        nodes.iter().map(|n| n.to_string()).collect(),
+        Duration::from_millis(200),
+    );
+    c.fail_matching("GET", "/namespaces/kube-node-lease/leases", 3, 403);
+    let ctl = Running::start(&server, "ctl").await;
+    wait_for_async("three failed lists of kube-node-lease", DEADLINE, || {
+        (ctl.metric("edgeplex_failover_api_errors_total{op=\"node_leases\"}") >= 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        c.active_nodes(&nodes),
+        Vec::<String>::new(),
+        "decided without the kubelets"
+    );
+    wait_active(&c, &nodes, "p", DEADLINE).await;
+    let lists = c
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/namespaces/kube-node-lease/leases") && !is_watch(r))
+        .count();
+    assert!(lists >= 4, "listed kube-node-lease {lists} times");
+    wait_rounds(&c, 10, DEADLINE).await;
+    assert_eq!(c.active_nodes(&nodes), ["p"]);
+    assert!(c.taints("p").is_empty() && c.taints("b").is_empty());
+    assert_eq!(
+        ctl.metric("edgeplex_failover_api_errors_total{op=\"node_leases\"}"),
+        3.0
+    );
+    ctl.stop().await;
 }

@@ -1,27 +1,36 @@
-//! The controller's I/O: poll Nodes and agent Leases, feed [`decide`], carry out its actions.
+//! The controller's I/O: watch Nodes and Leases, feed [`decide`], carry out its actions.
 //!
-//! This layer is deliberately thin. Every replica polls and observes (so a standby that takes
-//! over already knows which Leases have stopped changing); only the leader writes, and it checks
+//! This layer is deliberately thin. Only the leader looks at the cluster: for each leadership
+//! term it starts four kube-runtime watches into reflector stores (Nodes labelled
+//! `edgeplex.io/group`, Nodes labelled `edgeplex.io/active`, the agents' Leases in their
+//! namespace, the kubelets' Leases in `kube-node-lease`) and decides from those stores on every
+//! change and every poll interval, without any further read. A standby makes no request besides
+//! the elector's look at the leader Lease. A new term starts from nothing: every Lease must be
+//! seen to change (or to stay unchanged for its duration) before it is judged. The leader checks
 //! its leadership again before every write.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, reflector, Store};
+use kube::runtime::watcher::{self, watcher};
 use kube::Client;
+use tokio_stream::{Stream, StreamExt};
 use tracing::Instrument;
 
 use super::decide::{
-    decide, Action, Decision, EventSpec, Memory, Policy, Snapshot, DEAD_TAINT_VALUE,
+    decide, Action, AgentDown, Decision, EventSpec, Memory, Policy, Snapshot, DEAD_TAINT_VALUE,
 };
 use super::leader::{LeaderConfig, LeaderElector, Leadership};
 use super::metrics::FailoverMetrics;
 use super::observe::{node_view, LeaseSighting, LeaseTracker};
-use super::{FailoverSettings, ACTIVE_LABEL, FAILOVER_TAINT, FIELD_MANAGER};
+use super::{FailoverSettings, ACTIVE_LABEL, FAILOVER_TAINT, FIELD_MANAGER, GROUP_LABEL};
 use crate::kube::KubeSettings;
 use crate::shutdown::Shutdown;
 
@@ -110,19 +119,68 @@ fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s).unwrap_or(Duration::from_secs(1))
 }
 
+/// Kubelet Leases declare their duration (40 s by default); this is assumed if one does not.
+const KUBELET_LEASE_DEFAULT: Duration = Duration::from_secs(40);
+
+/// The four watches the leader keeps, by index into [`WatchState`].
+const WATCHES: [&str; 4] = [
+    "nodes_in_groups",
+    "active_nodes",
+    "agent_leases",
+    "node_leases",
+];
+
+/// A term whose watch failed starts again after this, doubling up to [`TERM_RETRY_MAX`].
+const TERM_RETRY_MIN: Duration = Duration::from_millis(500);
+/// The longest wait before a new term after watch failures.
+const TERM_RETRY_MAX: Duration = Duration::from_secs(30);
+/// A term that lasted this long resets the retry delay.
+const TERM_HEALTHY: Duration = Duration::from_secs(60);
+
+/// What the watch drivers tell the reconcile loop.
+#[derive(Debug, Default)]
+struct WatchState {
+    /// Per watch: its initial list has completed.
+    ready: [AtomicBool; 4],
+    /// Wakes the loop on every change.
+    changed: tokio::sync::Notify,
+}
+
+impl WatchState {
+    fn all_ready(&self) -> bool {
+        self.ready.iter().all(|r| r.load(Ordering::Relaxed))
+    }
+}
+
+/// The reflector stores of one leadership term.
+struct Stores {
+    grouped: Store<Node>,
+    active: Store<Node>,
+    agent_leases: Store<Lease>,
+    node_leases: Store<Lease>,
+}
+
 struct Reconciler {
+    client: Client,
     nodes: Api<Node>,
-    leases: Api<Lease>,
     events: Api<Event>,
     namespace: String,
+    lease_namespace: String,
     identity: String,
     poll: Duration,
-    round_timeout: Duration,
-    tracker: LeaseTracker,
+    agent_lease_default: Duration,
+    max_gap: Duration,
     policy: Policy,
-    memory: Memory,
-    leading: bool,
     metrics: Arc<FailoverMetrics>,
+}
+
+/// The state of one leadership term: built when it starts, dropped when it ends, so a standby
+/// keeps nothing and a new term judges every Lease afresh.
+struct Term {
+    tracker: LeaseTracker,
+    kubelets: LeaseTracker,
+    memory: Memory,
+    agents_down: BTreeMap<String, AgentDown>,
 }
 
 impl Reconciler {
@@ -130,99 +188,233 @@ impl Reconciler {
         let s = &c.settings;
         let poll = secs(s.poll_interval_secs);
         Reconciler {
+            client: c.client.clone(),
             nodes: Api::all(c.client.clone()),
-            leases: Api::namespaced(c.client.clone(), &c.kube.lease_namespace),
             events: Api::namespaced(c.client.clone(), &s.namespace),
             namespace: s.namespace.clone(),
+            lease_namespace: c.kube.lease_namespace.clone(),
             identity: c.identity.clone(),
             poll,
-            // A round makes a handful of requests, each bounded by the request timeout.
-            round_timeout: secs(c.kube.request_timeout_secs) * 3,
-            // A gap of several polls in our own reads is an outage on our side, not the nodes'.
-            tracker: LeaseTracker::new(
-                secs(s.agent_lease_duration_secs),
-                (poll * 5).max(Duration::from_secs(2)),
-            ),
+            agent_lease_default: secs(s.agent_lease_duration_secs),
+            // A gap of several rounds in our own looking (a stalled process) is not the nodes'.
+            max_gap: (poll * 5).max(Duration::from_secs(2)),
             policy: Policy {
                 untaint_after: (s.untaint_after_secs > 0.0).then(|| secs(s.untaint_after_secs)),
             },
-            memory: Memory::default(),
-            leading: false,
             metrics: Arc::clone(&c.metrics),
         }
     }
 
+    /// Stand by until leading, lead until leadership is lost, again, until `shutdown`. A
+    /// standby makes no request at all here (only the elector reads the leader Lease).
     async fn run(&mut self, leadership: &Leadership, shutdown: &Shutdown) {
+        let standby_check = self.poll.min(Duration::from_millis(200));
+        let mut retry = TERM_RETRY_MIN;
         while !shutdown.requested() {
-            match tokio::time::timeout(self.round_timeout, self.round(leadership)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "failover round failed; retrying"),
-                Err(_) => tracing::warn!("failover round timed out; retrying"),
+            if leadership.is_leader() {
+                self.metrics.set_leader(true);
+                tracing::info!("leading: watching device groups");
+                let started = Instant::now();
+                let watch_failed = self.lead(leadership, shutdown).await;
+                self.metrics.set_leader(false);
+                self.metrics.clear_groups();
+                if shutdown.requested() {
+                    break;
+                }
+                if !watch_failed {
+                    tracing::info!("not leading: standing by");
+                    continue;
+                }
+                // A watch failed: the next term lists everything again and judges every Lease
+                // afresh (what the nodes did while we could not see is not held against them).
+                if started.elapsed() >= TERM_HEALTHY {
+                    retry = TERM_RETRY_MIN;
+                }
+                tracing::info!(
+                    retry_in_secs = retry.as_secs_f64(),
+                    "a watch failed: starting over"
+                );
+                shutdown.sleep(retry).await;
+                retry = (retry * 2).min(TERM_RETRY_MAX);
+            } else {
+                shutdown.sleep(standby_check).await;
             }
-            shutdown.sleep(self.poll).await;
         }
     }
 
-    async fn round(&mut self, leadership: &Leadership) -> Result<(), kube::Error> {
-        let nodes = self
-            .nodes
-            .list(&ListParams::default())
-            .await
-            .inspect_err(|_| {
-                self.metrics.api_error("list_nodes");
-            })?;
-        let leases = self
-            .leases
-            .list(&ListParams::default())
-            .await
-            .inspect_err(|_| {
-                self.metrics.api_error("list_leases");
-            })?;
+    /// One leadership term: watch the Nodes of the groups and the Leases, decide on every
+    /// change and every poll interval, until leadership is lost, `shutdown`, or a watch fails
+    /// (then `true`).
+    async fn lead(&self, leadership: &Leadership, shutdown: &Shutdown) -> bool {
+        let state = WatchState::default();
+        let (grouped, w_grouped) = reflector::store::<Node>();
+        let (active, w_active) = reflector::store::<Node>();
+        let (agent_leases, w_agent) = reflector::store::<Lease>();
+        let (node_leases, w_kubelet) = reflector::store::<Lease>();
+        let stores = Stores {
+            grouped,
+            active,
+            agent_leases,
+            node_leases,
+        };
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let agents: Api<Lease> = Api::namespaced(self.client.clone(), &self.lease_namespace);
+        let kubelets: Api<Lease> =
+            Api::namespaced(self.client.clone(), crate::kube::keys::NODE_LEASE_NAMESPACE);
+        let cfg = watcher::Config::default;
+        // No backoff inside the watchers: their first error ends the term (see `run`).
+        let watches = async {
+            tokio::select! {
+                () = self.drive(0, &state, reflector(w_grouped, watcher(nodes.clone(), cfg().labels(GROUP_LABEL)))) => {}
+                () = self.drive(1, &state, reflector(w_active, watcher(nodes, cfg().labels(ACTIVE_LABEL)))) => {}
+                () = self.drive(2, &state, reflector(w_agent, watcher(agents, cfg()))) => {}
+                () = self.drive(3, &state, reflector(w_kubelet, watcher(kubelets, cfg()))) => {}
+            }
+        };
+        tokio::select! {
+            () = watches => true,
+            () = self.reconcile(&stores, &state, leadership, shutdown) => false,
+        }
+    }
+
+    /// Feed one watch into its store, recording readiness; returns on its first error.
+    async fn drive<K>(
+        &self,
+        i: usize,
+        state: &WatchState,
+        stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    ) {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(ev) => {
+                    if matches!(ev, watcher::Event::InitDone) {
+                        state.ready[i].store(true, Ordering::Relaxed);
+                    }
+                    state.changed.notify_one();
+                }
+                Err(e) => {
+                    self.metrics.api_error(WATCHES[i]);
+                    let forbidden = matches!(
+                        &e,
+                        watcher::Error::InitialListFailed(kube::Error::Api(s))
+                            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+                            if s.code == 403
+                    );
+                    let hint = if forbidden {
+                        "; grant the controller's service account manifests/failover/rbac.yaml (it lists and watches Nodes, the agents' Leases and kube-node-lease); it decides nothing until every watch has listed once"
+                    } else {
+                        ""
+                    };
+                    tracing::warn!(watch = WATCHES[i], error = %e, "watch failed{hint}");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn reconcile(
+        &self,
+        stores: &Stores,
+        state: &WatchState,
+        leadership: &Leadership,
+        shutdown: &Shutdown,
+    ) {
+        let mut term = Term {
+            tracker: LeaseTracker::new(self.agent_lease_default, self.max_gap),
+            kubelets: LeaseTracker::new(KUBELET_LEASE_DEFAULT, self.max_gap),
+            memory: Memory::default(),
+            agents_down: BTreeMap::new(),
+        };
+        while !shutdown.requested() && leadership.is_leader() {
+            if state.all_ready() {
+                self.round(&mut term, stores, leadership).await;
+            }
+            tokio::select! {
+                () = state.changed.notified() => {}
+                () = tokio::time::sleep(self.poll) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    async fn round(&self, term: &mut Term, stores: &Stores, leadership: &Leadership) {
         let now = Instant::now();
+        // A node in both stores: the group watch's copy wins (the active watch only adds the
+        // nodes labelled active outside any group, whose label must go).
+        let mut nodes: BTreeMap<String, Arc<Node>> = BTreeMap::new();
+        for n in stores
+            .active
+            .state()
+            .into_iter()
+            .chain(stores.grouped.state())
+        {
+            if let Some(name) = n.metadata.name.clone() {
+                nodes.insert(name, n);
+            }
+        }
         let views: Vec<_> = nodes
-            .items
-            .iter()
-            .filter_map(node_view)
+            .values()
+            .filter_map(|n| node_view(n))
             .filter(|n| n.group.is_some() || n.active)
             .collect();
-        let by_name: BTreeMap<&str, &Lease> = leases
-            .items
-            .iter()
-            .filter_map(|l| Some((l.metadata.name.as_deref()?, l)))
-            .collect();
-        self.tracker.observe(
+        let by_name = |store: &Store<Lease>| -> BTreeMap<String, Arc<Lease>> {
+            store
+                .state()
+                .into_iter()
+                .filter_map(|l| Some((l.metadata.name.clone()?, l)))
+                .collect()
+        };
+        let agent_leases = by_name(&stores.agent_leases);
+        let node_leases = by_name(&stores.node_leases);
+        let members = || views.iter().filter(|n| n.group.is_some());
+        term.tracker.observe(
             now,
-            views.iter().filter(|n| n.group.is_some()).map(|n| {
+            members().map(|n| {
                 let name = n.name.as_str();
-                (name, by_name.get(name).map(|l| LeaseSighting::of(l)))
+                (name, agent_leases.get(name).map(|l| LeaseSighting::of(l)))
             }),
         );
-        let leading = leadership.is_leader();
-        self.metrics.set_leader(leading);
-        if !leading {
-            if self.leading {
-                tracing::info!("not leading: standing by");
-                self.metrics.clear_groups();
-            }
-            self.leading = false;
-            self.memory = Memory::default();
-            return Ok(());
-        }
-        if !self.leading {
-            tracing::info!("leading: reconciling device groups");
-            self.leading = true;
-        }
+        term.kubelets.observe(
+            now,
+            members().map(|n| {
+                let name = n.name.as_str();
+                (name, node_leases.get(name).map(|l| LeaseSighting::of(l)))
+            }),
+        );
         let snapshot = Snapshot {
             now,
             nodes: views,
-            leases: self.tracker.observations(),
+            leases: term.tracker.observations(),
+            node_leases: term.kubelets.observations(),
         };
-        let decision = decide(&snapshot, &self.policy, &self.memory);
+        let decision = decide(&snapshot, &self.policy, &term.memory);
         self.execute(&decision, leadership).await;
-        self.memory = decision.memory;
+        for (node, why) in &decision.agents_down {
+            if term.agents_down.get(node) != Some(why) {
+                match why {
+                    AgentDown::Crashed => {
+                        tracing::warn!(node = %node, "agent down without a graceful stop (crash?) on a live node: not a dead node, no taint, active stays")
+                    }
+                    AgentDown::Stopped => {
+                        tracing::info!(node = %node, "agent stopped gracefully on a live node: not a dead node, no taint, active stays")
+                    }
+                    AgentDown::NotStarted => {
+                        tracing::info!(node = %node, "no agent Lease yet on a live node: waiting for its agent")
+                    }
+                }
+            }
+        }
+        for node in term.agents_down.keys() {
+            if !decision.agents_down.contains_key(node) {
+                tracing::info!(node = %node, "agent back (or node judged otherwise)");
+            }
+        }
+        self.metrics.set_agents_down(decision.agents_down.values());
+        term.agents_down = decision.agents_down.clone();
+        term.memory = decision.memory;
         self.metrics
             .set_groups(&decision.active, decision.groups_without_healthy_backup);
-        Ok(())
     }
 
     /// Carry out the actions in order. A failed label write ends the round (the next round

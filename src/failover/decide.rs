@@ -9,6 +9,10 @@
 //! The rules, per group (nodes labelled `edgeplex.io/group=<g>`):
 //!
 //! - exactly one node carries `edgeplex.io/active=true`;
+//! - a node is *dead* ([`Snapshot::is_dead`]) when its agent's Lease has expired and its kubelet
+//!   gives no sign of life ([`NodeLiveness::Down`]: the kubelet's Lease expired or absent, or
+//!   `Ready` not `True`). An agent down on a node that is not dead ([`AgentDown`]: stopped
+//!   gracefully, crashed, not started yet) is no reason to move or taint anything;
 //! - an active node is moved only when it has a [`Reason`] to be moved (dead, battery critical,
 //!   device failure, failover taint); a healthy active is never moved, so a recovered primary does
 //!   not take `active` back (no flapping);
@@ -16,8 +20,10 @@
 //!   expired, Ready, schedulable, not tainted, no critical condition; primaries before backups
 //!   before nodes without a role, then by name. When no node is active (a new group, or the
 //!   controller's first look after a start), a better-ranked node whose Lease has not been seen
-//!   to change yet is waited for until it confirms or expires, so the primary is chosen whatever
-//!   order the Leases renew in; a handover off a failing active node never waits;
+//!   to change yet is waited for until it confirms or expires, and one whose node is alive while
+//!   its agent has not started yet or stopped gracefully is waited for as long as the node
+//!   lives, so the primary is chosen whatever order the agents start in; a handover off a
+//!   failing active node never waits;
 //! - a node handed over because it is dead gets the failover taint (value
 //!   [`DEAD_TAINT_VALUE`]), so its pods are evicted at once; other reasons leave the node to its
 //!   agent, which taints it itself. When the dead node's Lease is seen renewing again for
@@ -89,6 +95,12 @@ pub struct LeaseObservation {
     pub changes: u32,
     /// The Lease's `leaseDurationSeconds` (or the configured default).
     pub duration: Duration,
+    /// Whether the Lease existed at the last look (`false`: never created, or deleted).
+    pub present: bool,
+    /// Whether its current version carries the graceful-stop marker
+    /// ([`STOPPED_ANNOTATION`](crate::kube::keys::STOPPED_ANNOTATION)): the agent said it was
+    /// stopping on purpose.
+    pub stopped: bool,
 }
 
 /// Liveness of a node's agent as judged from [`LeaseObservation`]s.
@@ -118,7 +130,8 @@ impl LeaseObservation {
 /// Why an active node must hand over, in order of precedence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {
-    /// Its Lease has not changed for its duration.
+    /// Its agent's Lease has not changed for its duration, and its kubelet gives no sign of
+    /// life either ([`Snapshot::is_dead`]).
     Dead,
     /// Condition `BatteryCritical=True`.
     BatteryCritical,
@@ -143,7 +156,9 @@ impl Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Reason::Dead => "its Lease stopped changing for the Lease duration (node dead)",
+            Reason::Dead => {
+                "its agent's Lease and its kubelet's Lease stopped changing for their durations (node dead)"
+            }
             Reason::BatteryCritical => "condition BatteryCritical=True",
             Reason::DeviceFailure => "condition DeviceFailure=True",
             Reason::Tainted => "tainted edgeplex.io/failover",
@@ -172,6 +187,45 @@ pub struct Snapshot {
     /// Lease observations by node name. A node without an entry counts as
     /// [`LeaseState::Unconfirmed`].
     pub leases: BTreeMap<String, LeaseObservation>,
+    /// Observations of the kubelets' own Leases (`kube-node-lease/<node>`), by node name. A node
+    /// without an entry (or whose kubelet Lease is absent) has no kubelet heartbeat to go by: it
+    /// is judged by its agent's Lease alone, as before kubelet Leases were watched.
+    pub node_leases: BTreeMap<String, LeaseObservation>,
+}
+
+/// Whether a node (its kubelet, not its agent) is alive, from the kubelet's Lease and `Ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeLiveness {
+    /// The kubelet's Lease was seen renewing within its duration, and `Ready=True`.
+    Alive,
+    /// The kubelet's Lease exists but has not been seen to change yet (the controller just
+    /// started looking), and `Ready=True`: wait before judging.
+    Unknown,
+    /// No kubelet heartbeat: its Lease is stale or absent, or `Ready` is not `True`.
+    Down,
+}
+
+/// Why a node's agent is down while its node is not dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AgentDown {
+    /// The agent's Lease carries the graceful-stop marker: a planned stop (rolling update,
+    /// `snap refresh`, node drain).
+    Stopped,
+    /// The agent's Lease stopped changing without the marker: a crash (or a kill).
+    Crashed,
+    /// The node has no agent Lease at all: its agent has not started yet.
+    NotStarted,
+}
+
+impl AgentDown {
+    /// The `state` label value of `edgeplex_failover_agents_down`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentDown::Stopped => "stopped",
+            AgentDown::Crashed => "crashed",
+            AgentDown::NotStarted => "not_started",
+        }
+    }
 }
 
 impl Snapshot {
@@ -182,9 +236,44 @@ impl Snapshot {
             .map_or(LeaseState::Unconfirmed, |o| o.state(self.now))
     }
 
+    /// Whether `node`'s kubelet is alive (see [`NodeLiveness`]).
+    pub fn node_liveness(&self, node: &NodeView) -> NodeLiveness {
+        let Some(kubelet) = self.node_leases.get(&node.name).filter(|o| o.present) else {
+            return NodeLiveness::Down;
+        };
+        if !node.ready {
+            return NodeLiveness::Down;
+        }
+        match kubelet.state(self.now) {
+            LeaseState::Fresh => NodeLiveness::Alive,
+            LeaseState::Unconfirmed => NodeLiveness::Unknown,
+            LeaseState::Expired => NodeLiveness::Down,
+        }
+    }
+
+    /// Whether `node` is dead: its agent's Lease has expired *and* its kubelet gives no sign of
+    /// life ([`NodeLiveness::Down`]). A stopped agent on a live node is not a dead node.
+    pub fn is_dead(&self, node: &NodeView) -> bool {
+        self.lease_state(&node.name) == LeaseState::Expired
+            && self.node_liveness(node) == NodeLiveness::Down
+    }
+
+    /// Whether `node`'s agent is down on a node that is not dead, and why.
+    pub fn agent_down(&self, node: &NodeView) -> Option<AgentDown> {
+        if self.lease_state(&node.name) != LeaseState::Expired || self.is_dead(node) {
+            return None;
+        }
+        let obs = self.leases.get(&node.name);
+        Some(match obs {
+            Some(o) if o.present && o.stopped => AgentDown::Stopped,
+            Some(o) if o.present => AgentDown::Crashed,
+            _ => AgentDown::NotStarted,
+        })
+    }
+
     /// Why `node` must not stay active, if it must not (the reason of highest precedence).
     pub fn reason(&self, node: &NodeView) -> Option<Reason> {
-        if self.lease_state(&node.name) == LeaseState::Expired {
+        if self.is_dead(node) {
             Some(Reason::Dead)
         } else if node.battery_critical {
             Some(Reason::BatteryCritical)
@@ -209,7 +298,14 @@ impl Snapshot {
         match self.lease_state(&node.name) {
             LeaseState::Fresh => Candidacy::Healthy,
             LeaseState::Unconfirmed => Candidacy::Pending,
-            LeaseState::Expired => Candidacy::Unfit,
+            // Not dead (checked above): the node is alive or not judged yet; its agent is down.
+            // A planned stop or an agent that has not started yet is waited for (while the node
+            // lives); a crashed agent is not.
+            LeaseState::Expired => match (self.node_liveness(node), self.agent_down(node)) {
+                (NodeLiveness::Unknown, _) => Candidacy::Pending,
+                (_, Some(AgentDown::Stopped | AgentDown::NotStarted)) => Candidacy::Pending,
+                _ => Candidacy::Unfit,
+            },
         }
     }
 }
@@ -333,6 +429,8 @@ pub struct Decision {
     pub active: BTreeMap<String, Option<String>>,
     /// Groups in which no node other than the active one is healthy or pending.
     pub groups_without_healthy_backup: usize,
+    /// Group members whose agent is down on a node that is not dead, and why.
+    pub agents_down: BTreeMap<String, AgentDown>,
     /// Memory for the next round.
     pub memory: Memory,
 }
@@ -374,8 +472,14 @@ pub fn decide(snap: &Snapshot, policy: &Policy, memory: &Memory) -> Decision {
     d.memory.pending_taints.retain(|name| {
         nodes
             .get(name.as_str())
-            .is_some_and(|n| !n.failover_taint && snap.lease_state(name) == LeaseState::Expired)
+            .is_some_and(|n| !n.failover_taint && snap.is_dead(n))
     });
+    // Agents down on nodes that are not dead: reported, never tainted or handed over for that.
+    for n in snap.nodes.iter().filter(|n| n.group.is_some()) {
+        if let Some(why) = snap.agent_down(n) {
+            d.agents_down.insert(n.name.clone(), why);
+        }
+    }
     for name in &d.memory.pending_taints {
         let taint = Action::Taint { node: name.clone() };
         if !d.actions.contains(&taint) {

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use super::decide::Reason;
+use super::decide::{AgentDown, Reason};
 
 /// The failover controller's metrics.
 #[derive(Debug)]
@@ -17,6 +17,7 @@ pub struct FailoverMetrics {
     without_backup: IntGauge,
     leader: IntGauge,
     api_errors: IntCounterVec,
+    agents_down: IntGaugeVec,
     /// The `active_node` series currently exported, to remove stale ones.
     exported: Mutex<BTreeMap<String, String>>,
 }
@@ -53,6 +54,14 @@ impl FailoverMetrics {
             ),
             &["op"],
         )?;
+        let agents_down = IntGaugeVec::new(
+            Opts::new(
+                "edgeplex_failover_agents_down",
+                "Group members whose agent is down on a node that is not dead (leader only), by state: stopped (graceful stop), crashed, not_started.",
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(agents_down.clone()))?;
         registry.register(Box::new(handovers.clone()))?;
         registry.register(Box::new(active_node.clone()))?;
         registry.register(Box::new(without_backup.clone()))?;
@@ -64,6 +73,7 @@ impl FailoverMetrics {
             without_backup,
             leader,
             api_errors,
+            agents_down,
             exported: Mutex::new(BTreeMap::new()),
         })
     }
@@ -106,8 +116,27 @@ impl FailoverMetrics {
     }
 
     /// Clear what only the leader reports (on losing or never having leadership).
+    /// Set `edgeplex_failover_agents_down` from the agents down now.
+    pub fn set_agents_down<'a>(&self, down: impl IntoIterator<Item = &'a AgentDown>) {
+        let mut counts: BTreeMap<AgentDown, i64> = [
+            AgentDown::Stopped,
+            AgentDown::Crashed,
+            AgentDown::NotStarted,
+        ]
+        .into_iter()
+        .map(|s| (s, 0))
+        .collect();
+        for d in down {
+            *counts.entry(*d).or_default() += 1;
+        }
+        for (s, n) in counts {
+            self.agents_down.with_label_values(&[s.as_str()]).set(n);
+        }
+    }
+
     pub fn clear_groups(&self) {
         self.set_groups(&BTreeMap::new(), 0);
+        self.set_agents_down([]);
     }
 }
 

@@ -13,8 +13,13 @@
 //!
 //! The decision is the pure function [`decide::decide`]; see that module for the rules. In
 //! short: a node is *dead* when its agent's heartbeat Lease has not changed for the Lease's
-//! `leaseDurationSeconds`, measured between the controller's own observations (never by
-//! comparing `renewTime` with a clock, so clock skew cannot fake or hide a death). The active
+//! `leaseDurationSeconds` **and** the node gives no sign of life either: its kubelet's own Lease
+//! (`kube-node-lease/<node>`) has not changed for its duration, or is absent, or `Ready` is not
+//! `True`. Every such duration is measured between the controller's own observations (never by
+//! comparing `renewTime` with a clock, so clock skew cannot fake or hide a death). An agent that
+//! stops on a live node (rolling update, `snap refresh`, crash) is *down*, not dead: no taint,
+//! no eviction, `active` stays; a graceful stop marks its Lease `edgeplex.io/stopped`, which
+//! tells it from a crash (docs/failover.md). The active
 //! node hands over when it is dead, `BatteryCritical=True`, `DeviceFailure=True` or tainted
 //! `edgeplex.io/failover`; it hands over only to a node that is healthy (Lease seen renewing,
 //! Ready, schedulable, untainted, no critical condition), primaries (`edgeplex.io/role=primary`)
@@ -27,11 +32,13 @@
 //! # Running it
 //!
 //! A Deployment of two replicas (or one) in namespace `edgeplex`, with leader election over the
-//! Lease `edgeplex-failover` ([`leader`]): one replica acts, the other stands by, still
-//! observing the agents' Leases so that it can judge them at once when it takes over. SIGTERM
-//! stops acting and releases the Lease, so a standby takes over within one renew interval.
-//! The service account needs: nodes get/list/patch; leases get/list in the agents' namespace;
-//! leases get/create/update on its own Lease; events create in its namespace.
+//! Lease `edgeplex-failover` ([`leader`]): one replica acts, the other stands by and makes no
+//! request but its look at the leader Lease. The leader follows the group's Nodes and the
+//! Leases through watches (kube-runtime `watcher` and `reflector`), never by listing the
+//! cluster periodically; a new leader judges every Lease afresh. SIGTERM stops acting and
+//! releases the Lease, so a standby takes over within one renew interval. The service account
+//! needs: nodes get/list/watch/patch; leases list/watch in the agents' namespace and in
+//! `kube-node-lease`; leases get/create/update on its own Lease; events create in its namespace.
 //!
 //! # The workload side
 //!

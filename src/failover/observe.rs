@@ -68,6 +68,8 @@ pub struct LeaseSighting {
     pub key: LeaseKey,
     /// `spec.leaseDurationSeconds`, if set and positive.
     pub duration: Option<Duration>,
+    /// The graceful-stop marker is set.
+    pub stopped: bool,
 }
 
 impl LeaseSighting {
@@ -84,6 +86,11 @@ impl LeaseSighting {
                 .and_then(|s| s.lease_duration_seconds)
                 .filter(|d| *d > 0)
                 .map(|d| Duration::from_secs(d.unsigned_abs().into())),
+            stopped: lease
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(crate::kube::keys::STOPPED_ANNOTATION)),
         }
     }
 }
@@ -136,6 +143,8 @@ impl LeaseTracker {
                 .as_ref()
                 .and_then(|s| s.duration)
                 .unwrap_or(self.default_duration);
+            let stopped = sighting.as_ref().is_some_and(|s| s.stopped);
+            let present = sighting.is_some();
             let key = sighting.map(|s| s.key);
             let entry = match self.entries.remove(name) {
                 None => Entry {
@@ -144,6 +153,8 @@ impl LeaseTracker {
                         last_change: now,
                         changes: 0,
                         duration,
+                        present,
+                        stopped,
                     },
                 },
                 Some(mut e) => {
@@ -155,6 +166,8 @@ impl LeaseTracker {
                         e.obs.last_change = now;
                     }
                     e.obs.duration = duration;
+                    e.obs.present = present;
+                    e.obs.stopped = stopped;
                     e
                 }
             };
@@ -191,6 +204,7 @@ mod tests {
                 renew_time: None,
             },
             duration: Some(D),
+            stopped: false,
         })
     }
 
@@ -320,6 +334,36 @@ mod tests {
         }
         assert_eq!(LeaseSighting::of(&odd).duration, None);
         assert_eq!(LeaseSighting::of(&Lease::default()).duration, None);
+        // The graceful-stop marker.
+        assert!(!s.stopped);
+        let mut stopped = lease.clone();
+        stopped.metadata.annotations = Some(
+            [(
+                crate::kube::keys::STOPPED_ANNOTATION.to_owned(),
+                "2026-11-30T12:00:00Z".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        assert!(LeaseSighting::of(&stopped).stopped);
+    }
+
+    #[test]
+    fn the_tracker_records_presence_and_the_stop_marker() {
+        let t0 = Instant::now();
+        let mut t = LeaseTracker::new(D, Duration::from_secs(10));
+        t.observe(t0, [("n", None)]);
+        assert!(!t.observations()["n"].present);
+        let mut marked = key("1");
+        if let Some(s) = marked.as_mut() {
+            s.stopped = true;
+        }
+        t.observe(t0 + ms(100), [("n", marked)]);
+        let o = t.observations()["n"];
+        assert!(o.present && o.stopped);
+        t.observe(t0 + ms(200), [("n", key("2"))]);
+        let o = t.observations()["n"];
+        assert!(o.present && !o.stopped);
     }
 
     #[test]
@@ -434,6 +478,7 @@ mod tests {
                         renew_time,
                     },
                     duration: Some(D),
+                    stopped: false,
                 });
                 let sk = if version == 0 { key("0") } else { with_skew };
                 skewed.observe(now, [("n", sk)]);

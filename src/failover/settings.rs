@@ -28,7 +28,8 @@ pub struct FailoverSettings {
     /// Duration assumed for an agent Lease without `leaseDurationSeconds`, and for a node whose
     /// Lease is missing. The agents' Leases are in `kube.lease_namespace`.
     pub agent_lease_duration_secs: f64,
-    /// How often Nodes and agent Leases are read.
+    /// How often the leader decides again from what it watches (no request), besides deciding
+    /// on every change it is told of.
     pub poll_interval_secs: f64,
     /// Remove the taint the controller put on a dead node once the node's Lease has been seen
     /// renewing for this long; 0 keeps it until an admin removes it.

@@ -143,6 +143,9 @@ struct Publisher {
     next_lease: Instant,
     node_track: Track,
     lease_track: Track,
+    /// Shutting down: the last Lease renewal carries the graceful-stop marker, and requests
+    /// are no longer cut short by the shutdown.
+    stopping: bool,
 }
 
 fn classify(e: &::kube::Error) -> &'static str {
@@ -209,6 +212,7 @@ impl Publisher {
             lease: None,
             next_resync: now,
             next_lease: now,
+            stopping: false,
         }
     }
 
@@ -255,7 +259,33 @@ impl Publisher {
             }
             self.shutdown.sleep(poll).await;
         }
+        self.mark_stopped().await;
         tracing::info!(node = %self.id.node_name, "node publisher stopped");
+    }
+
+    /// A graceful stop says so: one last renewal of the Lease carrying the annotation
+    /// [`keys::STOPPED_ANNOTATION`], so the failover controller can tell this planned stop
+    /// (rolling update, `snap refresh`, SIGTERM) from a crash. Bounded by one request timeout;
+    /// skipped when this run never held its Lease.
+    async fn mark_stopped(&mut self) {
+        if self.lease.is_none() {
+            return;
+        }
+        self.stopping = true;
+        let timeout = self.id.request_timeout;
+        match tokio::time::timeout(timeout, self.renew_lease()).await {
+            Ok(Ok(())) => tracing::info!(
+                node = %self.id.node_name,
+                "marked the Lease {}: a graceful stop, not a crash",
+                keys::STOPPED_ANNOTATION
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(node = %self.id.node_name, error = %e, "cannot mark the Lease stopped; the controller will take this stop for a crash (it still does not evict a live node)")
+            }
+            Err(_) => {
+                tracing::warn!(node = %self.id.node_name, "marking the Lease stopped timed out; the controller will take this stop for a crash (it still does not evict a live node)")
+            }
+        }
     }
 
     /// One request: timed out, raced against shutdown, counted.
@@ -266,9 +296,13 @@ impl Publisher {
         fut: impl Future<Output = Result<T, ::kube::Error>>,
     ) -> Result<T, NodeError> {
         let timeout = self.id.request_timeout;
-        let result = tokio::select! {
-            r = tokio::time::timeout(timeout, fut) => r,
-            _ = self.shutdown.cancelled() => return Err(NodeError::ShuttingDown),
+        let result = if self.stopping {
+            tokio::time::timeout(timeout, fut).await
+        } else {
+            tokio::select! {
+                r = tokio::time::timeout(timeout, fut) => r,
+                _ = self.shutdown.cancelled() => return Err(NodeError::ShuttingDown),
+            }
         };
         match result {
             Ok(Ok(v)) => {
@@ -504,7 +538,11 @@ impl Publisher {
                     .await?;
             }
             let now = MicroTime(Timestamp::now());
+            // Kept if the write is cut short by the shutdown, for the graceful-stop marker.
+            let held = self.lease.clone();
             let result = match self.lease.take() {
+                // Stopping: never create a Lease just to say so.
+                None if self.stopping => return Ok(()),
                 None => {
                     let r = self
                         .call(
@@ -533,9 +571,18 @@ impl Publisher {
                         spec.acquire_time = Some(now.clone());
                         spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
                     }
-                    spec.renew_time = Some(now);
+                    spec.renew_time = Some(now.clone());
                     spec.lease_duration_seconds = Some(self.settings.lease_duration_secs as i32);
                     lease.metadata.managed_fields = None;
+                    // The graceful-stop marker: set by the last renewal of a stopping agent,
+                    // removed by the first renewal of the next run.
+                    let mut annotations = lease.metadata.annotations.take().unwrap_or_default();
+                    if self.stopping {
+                        annotations.insert(keys::STOPPED_ANNOTATION.to_owned(), now.0.to_string());
+                    } else {
+                        annotations.remove(keys::STOPPED_ANNOTATION);
+                    }
+                    lease.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
                     self.call(
                         "replace",
                         || format!("renew lease {ns}/{name}"),
@@ -548,6 +595,10 @@ impl Publisher {
                 Ok(lease) => {
                     self.lease = Some(lease);
                     return Ok(());
+                }
+                Err(NodeError::ShuttingDown) => {
+                    self.lease = held;
+                    return Err(NodeError::ShuttingDown);
                 }
                 // Someone else wrote it (409), or it was deleted (404): re-read and retry.
                 Err(e) if matches!(e.status_code(), Some(409) | Some(404)) => {

@@ -152,6 +152,30 @@ slot_count = 8
         Instant::now()
     }
 
+    /// SIGTERM the agent (a graceful stop, as a rolling update or `snap refresh` does) and wait
+    /// for it to exit, at most 20 s; returns when it is gone and whether it exited 0.
+    #[allow(dead_code)] // not every test crate stops agents gracefully
+    pub fn terminate(&mut self) -> (Instant, bool) {
+        let mut child = self.child.take().expect("the agent runs");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the agent") {
+                return (Instant::now(), status.success());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("agent {} did not exit within 20 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Everything the agent logged so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()

@@ -506,8 +506,28 @@ fn start_watch(
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
         let in_scope = |k: &store::Key| k.res == id && ns.as_ref().is_none_or(|n| &k.ns == n);
+        // The keys of the objects this watch has shown as matching its selectors, so that an
+        // object that stops matching is sent as DELETED and one that starts as ADDED, as the
+        // real API server's watch cache does.
+        let mut shown: std::collections::BTreeSet<store::Key> = std::collections::BTreeSet::new();
         let mut last: u64 = match from.parse() {
-            Ok(rv) if rv > 0 => rv,
+            Ok(rv) if rv > 0 => {
+                // Which objects matched at `rv`: replay the change log up to it.
+                let state = cluster.lock();
+                for c in state
+                    .store
+                    .changes
+                    .iter()
+                    .filter(|c| c.rv <= rv && in_scope(&c.key))
+                {
+                    if c.kind != "DELETED" && labels.matches(&c.obj) && fields.matches(&c.obj) {
+                        shown.insert(c.key.clone());
+                    } else {
+                        shown.remove(&c.key);
+                    }
+                }
+                rv
+            }
             _ => {
                 // No resourceVersion (or 0): start with the current state as ADDED events.
                 let initial: Vec<Value> = {
@@ -516,8 +536,13 @@ fn start_watch(
                         .store
                         .objects
                         .iter()
-                        .filter(|(k, s)| in_scope(k) && labels.matches(&s.obj) && fields.matches(&s.obj))
-                        .map(|(_, s)| json!({"type": "ADDED", "object": store::Store::render(res, s)}))
+                        .filter(|(k, s)| {
+                            in_scope(k) && labels.matches(&s.obj) && fields.matches(&s.obj)
+                        })
+                        .map(|(k, s)| {
+                            shown.insert(k.clone());
+                            json!({"type": "ADDED", "object": store::Store::render(res, s)})
+                        })
                         .collect()
                 };
                 for ev in initial {
@@ -532,14 +557,29 @@ fn start_watch(
         while tokio::time::Instant::now() < deadline {
             let (events, rv): (Vec<Value>, u64) = {
                 let state = cluster.lock();
-                let evs = state
+                let mut evs = Vec::new();
+                for c in state
                     .store
                     .changes
                     .iter()
                     .filter(|c| c.rv > last && in_scope(&c.key))
-                    .filter(|c| labels.matches(&c.obj) && fields.matches(&c.obj))
-                    .map(|c| json!({"type": c.kind, "object": c.obj}))
-                    .collect();
+                {
+                    let matches =
+                        c.kind != "DELETED" && labels.matches(&c.obj) && fields.matches(&c.obj);
+                    let was = shown.contains(&c.key);
+                    let kind = match (was, matches) {
+                        (true, true) => c.kind,
+                        (false, true) => "ADDED",
+                        (true, false) => "DELETED",
+                        (false, false) => continue,
+                    };
+                    if matches {
+                        shown.insert(c.key.clone());
+                    } else {
+                        shown.remove(&c.key);
+                    }
+                    evs.push(json!({"type": kind, "object": c.obj}));
+                }
                 (evs, state.store.rv)
             };
             last = rv;

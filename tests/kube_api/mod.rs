@@ -16,7 +16,9 @@
 //!   (deletes the pod), **Events** (core `v1` and `events.k8s.io/v1`, which
 //!   `kube::runtime::events::Recorder` uses), **Namespaces** (namespaced writes need one).
 //! - `resourceVersion` is one global counter bumped on every write (not on no-op writes);
-//!   errors are `Status` objects; watches (`?watch=true`) stream changes.
+//!   errors are `Status` objects; watches (`?watch=true`) stream changes, with `labelSelector`
+//!   and `fieldSelector`, from a `resourceVersion`, with bookmarks; an object that starts or
+//!   stops matching the selectors is sent as ADDED or DELETED, as the real watch cache does.
 //!
 //! Tests build the real `kube::Client` from [`TestApiServer::kubeconfig_path`], exactly as
 //! production does, and use [`Cluster`] helpers to play the kubelet, the node controller or
@@ -433,6 +435,30 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("update {resource} {ns}/{name}: {e:?}"))
     }
 
+    /// Renew Lease `ns/name` as `manager` (holder `name`, `leaseDurationSeconds` `secs`,
+    /// `renewTime` now), creating it if missing: an agent's or a kubelet's heartbeat.
+    pub fn renew_lease(&self, manager: &str, ns: &str, name: &str, secs: u32) -> Value {
+        let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now(),
+        ))
+        .expect("MicroTime");
+        if self.lease(ns, name).is_none() {
+            let res = store::by_id("leases.coordination.k8s.io");
+            let obj = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": secs, "renewTime": now},
+            });
+            if let Ok(v) = self.lock().store.create(res, ns, obj, manager) {
+                return v;
+            }
+        }
+        self.update_as(manager, "leases.coordination.k8s.io", ns, name, None, |l| {
+            l["spec"]["renewTime"] = now;
+            l["spec"]["leaseDurationSeconds"] = json!(secs);
+        })
+    }
+
     /// [`Cluster::update_as`] on node `name`'s main resource.
     pub fn update_node_as(&self, manager: &str, name: &str, f: impl FnOnce(&mut Value)) -> Value {
         self.update_as(manager, "nodes", "", name, None, f)
@@ -645,12 +671,15 @@ pub async fn wait_active(
     .await
 }
 
-/// Wait until the failover controllers have listed nodes `rounds` more times (so that many
-/// rounds have passed).
+/// Wait until the failover controllers' leader has renewed its Lease `rounds` more times. The
+/// controller watches (it makes no request per round), and decides at least once per poll
+/// interval; the tests renew the leader Lease at that same interval, so this lets about that
+/// many rounds pass.
 pub async fn wait_rounds(cluster: &Cluster, rounds: usize, timeout: Duration) {
-    let start = cluster.count("GET", "/api/v1/nodes");
+    let renewals = || cluster.count("PUT", "/leases/edgeplex-failover");
+    let start = renewals();
     wait_for_async(&format!("{rounds} more controller rounds"), timeout, || {
-        (cluster.count("GET", "/api/v1/nodes") >= start + rounds).then_some(())
+        (renewals() >= start + rounds).then_some(())
     })
     .await
 }

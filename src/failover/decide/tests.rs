@@ -46,6 +46,7 @@ struct World {
     now: Instant,
     nodes: Vec<NodeView>,
     leases: BTreeMap<String, LeaseObservation>,
+    node_leases: BTreeMap<String, LeaseObservation>,
 }
 
 impl World {
@@ -54,7 +55,43 @@ impl World {
             now: Instant::now() + Duration::from_secs(100),
             nodes: Vec::new(),
             leases: BTreeMap::new(),
+            node_leases: BTreeMap::new(),
         }
+    }
+
+    /// Give `name` a kubelet Lease in state `l` (`L::Missing`: none).
+    fn kubelet(mut self, name: &str, l: L) -> World {
+        let obs = |ago: Duration, changes| LeaseObservation {
+            last_change: self.now - ago,
+            changes,
+            duration: D,
+            present: true,
+            stopped: false,
+        };
+        let o = match l {
+            L::Fresh => obs(Duration::from_millis(500), 3),
+            L::Pending => obs(Duration::from_millis(500), 0),
+            L::Dead => obs(D, 7),
+            L::Missing => return self,
+        };
+        self.node_leases.insert(name.into(), o);
+        self
+    }
+
+    /// `name`'s agent Lease: expired long ago, with the graceful-stop marker (`stopped`) or
+    /// without, or absent altogether (`present == false`: the agent never started).
+    fn agent_gone(mut self, name: &str, present: bool, stopped: bool) -> World {
+        self.leases.insert(
+            name.into(),
+            LeaseObservation {
+                last_change: self.now - D * 10,
+                changes: u32::from(present),
+                duration: D,
+                present,
+                stopped,
+            },
+        );
+        self
     }
 
     fn with(mut self, n: NodeView, l: L) -> World {
@@ -62,6 +99,8 @@ impl World {
             last_change: self.now - ago,
             changes,
             duration: D,
+            present: true,
+            stopped: false,
         };
         match l {
             L::Fresh => {
@@ -86,6 +125,7 @@ impl World {
             now: self.now,
             nodes: self.nodes.clone(),
             leases: self.leases.clone(),
+            node_leases: self.node_leases.clone(),
         }
     }
 }
@@ -129,6 +169,8 @@ fn lease_state_thresholds() {
         last_change: now - Duration::from_millis(ago_ms),
         changes,
         duration: D,
+        present: true,
+        stopped: false,
     };
     assert_eq!(o(0, 0).state(now), LeaseState::Unconfirmed);
     assert_eq!(o(1999, 0).state(now), LeaseState::Unconfirmed);
@@ -140,6 +182,8 @@ fn lease_state_thresholds() {
         last_change: now + Duration::from_secs(1),
         changes: 1,
         duration: D,
+        present: true,
+        stopped: false,
     };
     assert_eq!(later.state(now), LeaseState::Fresh);
 }
@@ -745,11 +789,18 @@ fn build(gen: &[GenNode], base: Instant) -> Snapshot {
                     last_change: now - Duration::from_millis(ago),
                     changes,
                     duration: D,
+                    present: true,
+                    stopped: false,
                 },
             );
         }
     }
-    Snapshot { now, nodes, leases }
+    Snapshot {
+        now,
+        nodes,
+        leases,
+        node_leases: BTreeMap::new(),
+    }
 }
 
 /// The snapshot after the decision's writes succeeded.
@@ -927,4 +978,117 @@ proptest! {
             prop_assert_eq!(snap.reason(n) == Some(Reason::Dead), dead);
         }
     }
+}
+
+// --- The kubelet's Lease: a stopped agent is not a dead node. ---
+
+#[test]
+fn a_crashed_agent_on_a_live_node_keeps_active_and_is_never_tainted() {
+    for (stopped, why) in [(false, AgentDown::Crashed), (true, AgentDown::Stopped)] {
+        let w = World::new()
+            .with(active(node("p", "g", Role::Primary)), L::Missing)
+            .with(node("b", "g", Role::Backup), L::Fresh)
+            .agent_gone("p", true, stopped)
+            .kubelet("p", L::Fresh)
+            .kubelet("b", L::Fresh);
+        let snap = w.snap();
+        assert!(!snap.is_dead(&snap.nodes[0]));
+        let d = decide(&snap, &P, &Memory::default());
+        assert!(d.actions.is_empty(), "stopped={stopped}: {:?}", d.actions);
+        assert!(d.handovers.is_empty());
+        assert_eq!(d.active["g"].as_deref(), Some("p"));
+        assert!(d.memory.pending_taints.is_empty());
+        assert_eq!(d.agents_down.get("p"), Some(&why));
+        assert_eq!(d.agents_down.len(), 1);
+    }
+}
+
+#[test]
+fn agent_and_kubelet_both_silent_is_a_dead_node() {
+    for kubelet in [L::Dead, L::Missing] {
+        let w = World::new()
+            .with(active(node("p", "g", Role::Primary)), L::Dead)
+            .with(node("b", "g", Role::Backup), L::Fresh)
+            .kubelet("p", kubelet)
+            .kubelet("b", L::Fresh);
+        let d = decide(&w.snap(), &P, &Memory::default());
+        assert_eq!(writes(&d), vec![set("b"), clear("p"), taint("p")]);
+        assert_eq!(d.handovers[0].reason, Reason::Dead);
+        assert!(d.agents_down.is_empty());
+    }
+}
+
+#[test]
+fn a_not_ready_node_with_a_silent_agent_is_dead_even_if_its_kubelet_renews() {
+    let mut p = active(node("p", "g", Role::Primary));
+    p.ready = false;
+    let w = World::new()
+        .with(p, L::Dead)
+        .with(node("b", "g", Role::Backup), L::Fresh)
+        .kubelet("p", L::Fresh);
+    let d = decide(&w.snap(), &P, &Memory::default());
+    assert_eq!(writes(&d), vec![set("b"), clear("p"), taint("p")]);
+}
+
+#[test]
+fn a_kubelet_lease_not_yet_seen_renewing_is_waited_for_before_judging() {
+    // The controller just started watching: the agent Lease is expired, the kubelet's exists
+    // but has not been seen to change yet. Not dead yet; not a target either.
+    let w = World::new()
+        .with(active(node("p", "g", Role::Primary)), L::Dead)
+        .with(node("b", "g", Role::Backup), L::Fresh)
+        .kubelet("p", L::Pending);
+    let snap = w.snap();
+    assert!(!snap.is_dead(&snap.nodes[0]));
+    let d = decide(&snap, &P, &Memory::default());
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+}
+
+#[test]
+fn a_late_primary_on_a_live_node_is_waited_for_however_long() {
+    // Only the admin's labels: the primary's agent has never written a Lease, long past any
+    // Lease duration, but its kubelet renews. The backup is not activated meanwhile.
+    let w = World::new()
+        .with(node("p", "g", Role::Primary), L::Missing)
+        .with(node("b", "g", Role::Backup), L::Fresh)
+        .agent_gone("p", false, false)
+        .kubelet("p", L::Fresh)
+        .kubelet("b", L::Fresh);
+    let d = decide(&w.snap(), &P, &Memory::default());
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(d.active["g"], None);
+    assert_eq!(d.agents_down.get("p"), Some(&AgentDown::NotStarted));
+    // Its agent starts: it is activated.
+    let w = World::new()
+        .with(node("p", "g", Role::Primary), L::Fresh)
+        .with(node("b", "g", Role::Backup), L::Fresh)
+        .kubelet("p", L::Fresh)
+        .kubelet("b", L::Fresh);
+    let d = decide(&w.snap(), &P, &Memory::default());
+    assert_eq!(writes(&d), vec![set("p")]);
+}
+
+#[test]
+fn a_crashed_primary_agent_is_not_waited_for_and_a_dead_primary_node_neither() {
+    let base = || {
+        World::new()
+            .with(node("p", "g", Role::Primary), L::Missing)
+            .with(node("b", "g", Role::Backup), L::Fresh)
+            .kubelet("b", L::Fresh)
+    };
+    // Crashed (Lease present, stale, no marker) on a live node.
+    let w = base().agent_gone("p", true, false).kubelet("p", L::Fresh);
+    assert_eq!(
+        writes(&decide(&w.snap(), &P, &Memory::default())),
+        vec![set("b")]
+    );
+    // Never started, but the node is dead too.
+    let w = base().agent_gone("p", false, false).kubelet("p", L::Dead);
+    assert_eq!(
+        writes(&decide(&w.snap(), &P, &Memory::default())),
+        vec![set("b")]
+    );
+    // A planned stop on a live node is waited for.
+    let w = base().agent_gone("p", true, true).kubelet("p", L::Fresh);
+    assert!(decide(&w.snap(), &P, &Memory::default()).actions.is_empty());
 }

@@ -21,6 +21,7 @@ pub mod power;
 /// The ring format, writer and reader: the [`edgeplex_ring`] crate, re-exported.
 pub use edgeplex_ring as ring;
 pub mod ringtool;
+pub mod sched;
 pub mod settings;
 pub mod shutdown;
 pub mod source;

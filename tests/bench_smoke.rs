@@ -91,6 +91,8 @@ fn quick_bench_reports_everything_and_accounts_exactly() {
         "config",
         "memcpy_4mib",
         "frames_4mib",
+        "frames_4mib_zero_copy",
+        "frames_4mib_priority_raised",
         "samples_64b",
         "stalled_reader_4mib",
         "ratios",
@@ -128,6 +130,45 @@ fn quick_bench_reports_everything_and_accounts_exactly() {
         }
     }
 
+    // The zero-copy writer path, at every reader count: the same exact accounting (readers
+    // check every payload's sequence tag, so the stand-in device's fill reached them intact),
+    // the ring's own cost and the device's fill reported apart.
+    let zc = runs(&v, "frames_4mib_zero_copy");
+    for n in [0u64, 1, 2] {
+        let run = zc
+            .iter()
+            .find(|r| r["readers"] == n)
+            .unwrap_or_else(|| panic!("no zero-copy run with {n} readers"));
+        check_run(run, &format!("zero-copy x{n}"));
+        assert_eq!(run["writer_path"], "zero_copy");
+        assert!(run["device_fill_ns"]["p50_ns"].is_u64(), "{run}");
+        assert!(run["writer_cost_with_fill_ns"]["p50_ns"].is_u64(), "{run}");
+    }
+    assert_eq!(v["frames_4mib_zero_copy"]["slots"], 16 + 4);
+    // The priority runs: both paths at the fewest and the most readers, with what the writer
+    // got recorded (a real-time policy where permitted, else a nice value, else unchanged).
+    let applied = v["config"]["writer_priority_applied"]
+        .as_str()
+        .expect("writer_priority_applied");
+    let raised = runs(&v, "frames_4mib_priority_raised");
+    for path in ["copy", "zero_copy"] {
+        for n in [0u64, 2] {
+            let run = raised
+                .iter()
+                .find(|r| r["writer_path"] == path && r["readers"] == n)
+                .unwrap_or_else(|| panic!("no raised-priority {path} run with {n} readers"));
+            check_run(run, &format!("raised {path} x{n}"));
+            assert_eq!(run["writer_priority"], applied, "{run}");
+        }
+    }
+    let refused = v["config"]["writer_priority_refused"]
+        .as_array()
+        .expect("writer_priority_refused");
+    assert!(
+        applied != "fifo:10" || refused.is_empty(),
+        "fifo:10 applied yet reported refused: {refused:?}"
+    );
+
     // The stalled reader loses messages instead of slowing the writer, and still accounts for
     // every one of them.
     let stalled = &v["stalled_reader_4mib"];
@@ -141,6 +182,9 @@ fn quick_bench_reports_everything_and_accounts_exactly() {
         "latency_p50_4mib_uds_over_ring",
         "latency_p50_64b_ring_over_uds",
         "lost_by_keeping_up_readers",
+        "zero_copy_writer_cost_4mib_over_copy",
+        "zero_copy_writer_cost_4mib_over_memcpy",
+        "writer_cost_4mib_16_readers_over_0_priority_raised",
     ];
     assert_eq!(ratios.len(), names.len(), "exactly the headline ratios");
     for name in names {
@@ -151,7 +195,18 @@ fn quick_bench_reports_everything_and_accounts_exactly() {
     }
     // Not asserted: that keeping-up readers lost nothing. On a loaded machine a reader can be
     // lapped; that is timing, and the exact accounting above is what must always hold.
-    assert!(v["extra_ratios"]["writer_cost_4mib_stalled_reader_over_0"]["value"].is_number());
+    for name in [
+        "writer_cost_4mib_stalled_reader_over_0",
+        "zero_copy_with_fill_4mib_over_copy",
+        "zero_copy_writer_cost_4mib_16_readers_over_0",
+        "zero_copy_writer_cost_4mib_16_readers_over_0_priority_raised",
+    ] {
+        assert!(
+            v["extra_ratios"][name]["value"].is_number(),
+            "extra ratio {name}: {}",
+            v["extra_ratios"][name]
+        );
+    }
 
     let dir = v["config"]["bench_dir"].as_str().expect("bench_dir");
     assert!(

@@ -489,9 +489,13 @@ fn slow_cameras_stream_without_errors_or_reconnects() {
 /// Zero-copy capture (issue 16): the driver writes frames straight into ring slots (`io =
 /// "userptr"`), compared in the same VM with `io = "mmap"` (one copy per frame). Two vivid
 /// cameras: 640x480 YUYV and 1280x720 NV12. Two readers per ring must see the same bytes (same
-/// hash per message), whole frames of the right length, and the driver's sequence without gaps;
-/// the capture thread's CPU time per frame is read from /proc in both modes and printed (a figure
-/// for the record, not asserted).
+/// hash per message), whole frames of the right length, and the driver's sequence in order;
+/// while capturing with user pointers the lent slots are marked as being written, and none is
+/// once the agent stops. A geometry change in USERPTR mode (the camera stalls with slots lent and
+/// comes back from another input with another size): the old file is retired with no slot left
+/// being written, a reader follows into the new file, numbering continues, the epoch goes up. The
+/// capture thread's CPU time per 1920x1080 frame is read from /proc in both modes and printed (a
+/// figure for the record, not asserted).
 const ZERO_COPY_BODY: &str = r##"
 dmesg -n 1
 fail() { echo "ZC-FAIL: $*"; for f in /tmp/agent-*.log; do sed 's/^/LOG: /' $f; done; exit 1; }
@@ -499,20 +503,34 @@ wait_for() { # wait_for SECONDS TEST-ARGS...
   n=$(( $1 * 10 )); shift; i=0
   while ! [ "$@" ]; do i=$((i + 1)); [ $i -le $n ] || return 1; sleep 0.1; done
 }
-modprobe vivid n_devs=2 node_types=0x1,0x1
+# video1 without vivid's scaler (ccs_cap_mode 0): on a TV input it gives the standard's size
+# whatever is asked, which the geometry change below needs.
+modprobe vivid n_devs=2 node_types=0x1,0x1 ccs_cap_mode=-1,0
 for d in 0 1; do wait_for 10 -c /dev/video$d || fail "no /dev/video$d"; done
 mkdir -p /dev/shm/rings
-# thread_cpu PID NAME: "<ns on CPU (schedstat)> <utime+stime ticks (stat)>" of the agent's thread
+# thread_cpu PID NAME: "<ns on CPU> <switches in>" of the agent's thread, from its schedstat
 thread_cpu() {
   for t in /proc/$1/task/*; do
     if [ "$(cat $t/comm)" = "$2" ]; then
-      echo "$(cut -d' ' -f1 $t/schedstat) $(cut -d')' -f2 $t/stat | awk '{print $12 + $13, $12, $13}')"
+      cut -d' ' -f1,3 $t/schedstat
       return
     fi
   done
   echo "0 0"
 }
 head_of() { edgeplex ring inspect --json /dev/shm/rings/$1/$1.ring | grep '"head"' | tr -dc 0-9; }
+# writing FILE: how many slots' seqlock words are odd (marked as being written, RING.md 4.1). All
+# descriptors are read at once (one od), so that a live writer's lent window cannot move during
+# the count; the seqlock word is the first of the eight u64 of each 64-byte descriptor. FILE may
+# be /proc/PID/fd/N, a file no longer at its path.
+writing() {
+  info=$(edgeplex ring inspect "$1")
+  d=$(echo "$info" | sed -n 's/^layout: *descriptors at \([0-9]*\),.*/\1/p')
+  n=$(echo "$info" | sed -n 's/^slots: *\([0-9]*\) x.*/\1/p')
+  [ -n "$d" ] && [ -n "$n" ] || { echo "?"; return; }
+  od -A n -t u8 -v -j $d -N $((n * 64)) "$1" | tr -s ' ' '\n' | grep -v '^$' \
+    | awk 'NR % 8 == 1 && $1 % 2 == 1' | wc -l
+}
 cam() { # cam NAME DEVICE WIDTH HEIGHT FORMAT IO
   printf '%s\n' "[stream.$1]" 'type = "camera"' "device = \"$2\"" "width = $3" "height = $4" \
     "format = \"$5\"" 'fps = 2' 'slot_count = 8' 'stall_timeout_secs = 30' "io = \"$6\""
@@ -538,15 +556,8 @@ phase() { # phase IO
     readers="$readers $!"
   done
   for p in $readers; do wait $p || fail "$io: a reader failed"; done
-  # CPU of the capture thread per frame, in the steady state: after every slot was used once
-  # (the driver pins a slot's pages the first time it gets it), over 10 frames.
-  i=0
-  until [ "$(head_of cam1)" -ge 14 ]; do i=$((i + 1)); [ $i -le 120 ] || fail "$io: cam1 stalled"; sleep 0.5; done
-  set -- $(thread_cpu $agent stream-cam1); ns0=$1; ticks0=$2; u0=$3; s0=$4; h0=$(head_of cam1)
-  edgeplex ring cat /dev/shm/rings/cam1/cam1.ring --meta --from next --count 10 --idle-timeout 30 > /dev/null
-  set -- $(thread_cpu $agent stream-cam1); ns1=$1; ticks1=$2; u1=$3; s1=$4; h1=$(head_of cam1)
-  echo "CPU: $io $((ns1 - ns0)) $((ticks1 - ticks0)) $((h1 - h0)) $((u1 - u0)) $((s1 - s0))"
   kill -0 $agent || fail "$io: agent died"
+  echo "WRITING-LIVE: $io $(writing /dev/shm/rings/cam1/cam1.ring)"
   edgeplex ring inspect /dev/shm/rings/cam1/cam1.ring | sed "s/^/INSPECT-$io: /"
   for r in A B; do
     sed "s/^/$io-C0$r: /" /tmp/$io-c0$r
@@ -554,10 +565,83 @@ phase() { # phase IO
   done
   kill $agent
   wait $agent || true
+  echo "WRITING-STOPPED: $io $(writing /dev/shm/rings/cam1/cam1.ring)"
   sed "s/^/LOG-$io: /" /tmp/agent-$io.log
 }
 phase userptr
 phase mmap
+
+# A geometry change in USERPTR mode (RING.md 6.2 and 4.3): the camera stalls with its slots lent
+# (vivid drops every buffer), the agent gives up on it and closes it, the camera comes back from
+# another input whose image is another size (vivid's S-Video input, a TV standard's size), and
+# the agent replaces the ring. One reader reads across the change.
+rm -rf /dev/shm/rings/cam1
+{
+  printf '%s\n' '[ring]' 'dir = "/dev/shm/rings"' '[metrics]' 'listen = "127.0.0.1:9464"' \
+    '[agent]' 'retry_initial_secs = 2' 'retry_max_secs = 2'
+  cam cam1 /dev/video1 1280 720 NV12 userptr | sed 's/^stall_timeout_secs = 30$/stall_timeout_secs = 2/'
+} > /tmp/edgeplex-geo.toml
+edgeplex run --config /tmp/edgeplex-geo.toml > /tmp/agent-geo.log 2>&1 &
+agent=$!
+wait_for 30 -e /dev/shm/rings/cam1/cam1.ring || fail "geo: no cam1 ring"
+edgeplex ring cat /dev/shm/rings/cam1/cam1.ring --meta --from next --count 1 --idle-timeout 30 >/dev/null
+edgeplex ring cat /dev/shm/rings/cam1/cam1.ring --meta --from next --count 200 --idle-timeout 60 > /tmp/geo-cat &
+reader=$!
+i=0
+until [ "$(grep -c '"seq"' /tmp/geo-cat)" -ge 3 ]; do i=$((i + 1)); [ $i -le 300 ] || fail "geo: no frames before"; sleep 0.1; done
+exec 4< /dev/shm/rings/cam1/cam1.ring
+old=/proc/$$/fd/4
+echo "WRITING-GEO-BEFORE: $(writing $old)"
+v4l2-ctl -d /dev/video1 -c percentage_of_dropped_buffers=100 || fail "geo: cannot hold back frames"
+# VIDIOC_S_INPUT fails (EBUSY) while the agent holds buffers: it succeeds once the agent let go.
+i=0
+until v4l2-ctl -d /dev/video1 --set-input 1 >/dev/null 2>&1; do i=$((i + 1)); [ $i -le 400 ] || fail "geo: the agent never let go of the camera"; sleep 0.05; done
+v4l2-ctl -d /dev/video1 -c percentage_of_dropped_buffers=0
+# The reader follows the new file: wait for three frames of the new size, then stop it.
+i=0
+until [ "$(grep '"seq"' /tmp/geo-cat | grep -vc '"len":1382400')" -ge 3 ]; do
+  i=$((i + 1)); [ $i -le 600 ] || fail "geo: no frames after the change"; sleep 0.1
+done
+kill $reader
+wait $reader || true
+kill -0 $agent || fail "geo: agent died"
+echo "WRITING-GEO-OLD: $(writing $old)"
+edgeplex ring inspect $old | sed 's/^/INSPECT-geo-old: /'
+edgeplex ring inspect /dev/shm/rings/cam1/cam1.ring | sed 's/^/INSPECT-geo-new: /'
+echo "WRITING-GEO-NEW-LIVE: $(writing /dev/shm/rings/cam1/cam1.ring)"
+sed 's/^/GEO: /' /tmp/geo-cat
+kill $agent
+wait $agent || true
+echo "WRITING-GEO-NEW-STOPPED: $(writing /dev/shm/rings/cam1/cam1.ring)"
+exec 4<&-
+sed 's/^/LOG-geo: /' /tmp/agent-geo.log
+
+# CPU per frame of the capture thread, userptr against mmap in the same boot, at 1920x1080 NV12,
+# 10 fps asked (vivid delivers what it can under emulation), over 30 frames, after every slot
+# was used once (the driver pins a slot's pages the first time it gets it). With the thread's
+# on-CPU time (schedstat) goes how often it was switched in: under emulation each wakeup costs
+# about as much as a frame's work without its copy (docs/capture.md).
+cpu_phase() { # cpu_phase IO
+  {
+    printf '%s\n' '[ring]' 'dir = "/dev/shm/rings"'
+    cam cpu /dev/video0 1920 1080 NV12 $1 | sed 's/^fps = 2$/fps = 10/'
+  } > /tmp/edgeplex-cpu-$1.toml
+  edgeplex run --config /tmp/edgeplex-cpu-$1.toml > /tmp/agent-cpu-$1.log 2>&1 &
+  agent=$!
+  wait_for 30 -e /dev/shm/rings/cpu/cpu.ring || fail "cpu $1: no ring"
+  i=0
+  until [ "$(head_of cpu)" -ge 14 ]; do i=$((i + 1)); [ $i -le 240 ] || fail "cpu $1: stalled"; sleep 0.5; done
+  set -- $1 $(thread_cpu $agent stream-cpu) $(head_of cpu); io=$1; ns0=$2; sw0=$3; h0=$4
+  i=0
+  until [ "$(head_of cpu)" -ge $((h0 + 30)) ]; do i=$((i + 1)); [ $i -le 600 ] || fail "cpu $io: stalled"; sleep 0.2; done
+  set -- $(thread_cpu $agent stream-cpu) $(head_of cpu)
+  echo "CPU: $io $(($1 - ns0)) $(($3 - h0)) $(($2 - sw0))"
+  kill $agent
+  wait $agent || true
+  rm -rf /dev/shm/rings/cpu
+}
+cpu_phase userptr
+cpu_phase mmap
 
 # auto falls back to MMAP when the driver refuses user pointers: vivid's "Inject VIDIOC_REQBUFS Error"
 # makes its next VIDIOC_REQBUFS fail, which is the USERPTR one.
@@ -582,10 +666,12 @@ fn zero_copy_capture_into_ring_slots_matches_mmap() {
         .file(EDGEPLEX)
         .file("/usr/bin/v4l2-ctl")
         .env("EDGEPLEX_VM_VIVID", "none") // the body loads two
-        .timeout(secs(240))
+        .timeout(secs(420))
         .run();
     for prefix in [
         "CPU: ",
+        "WRITING-",
+        "GEO: ",
         "INSPECT-",
         "LOG-",
         "ZC-FAIL: ",
@@ -624,29 +710,56 @@ fn zero_copy_capture_into_ring_slots_matches_mmap() {
                 assert_eq!(got.len(), 6, "{io} {cam}{reader}: frames delivered");
                 for f in got.iter() {
                     assert_eq!(f["len"], len, "{io} {cam}{reader}: whole frames: {f}");
-                    assert_eq!(
-                        f["intact"], true,
-                        "{io} {cam}{reader}: never half-written: {f}"
-                    );
                     assert_eq!(f["flags"], 0, "{io} {cam}{reader}: {f}");
                 }
+                // A reader that hashes 1.4 MB frames slower than the camera (a debug build
+                // under emulation on a loaded host) can be lapped while it hashes: it is told
+                // (intact false, counted lost), never handed the bytes as whole. Most frames
+                // must be whole.
+                let whole = got.iter().filter(|f| f["intact"] == true).count();
+                assert!(
+                    whole >= 4,
+                    "{io} {cam}{reader}: {whole} of 6 whole: {got:#?}"
+                );
                 for w in got.windows(2) {
+                    let (s0, s1) = (w[0]["seq"].as_u64().unwrap(), w[1]["seq"].as_u64().unwrap());
                     assert_eq!(
-                        w[1]["seq"].as_u64().unwrap(),
-                        w[0]["seq"].as_u64().unwrap() + 1,
-                        "{io} {cam}{reader}: message numbers contiguous"
+                        s1,
+                        s0 + 1 + w[1]["lost_before"].as_u64().unwrap(),
+                        "{io} {cam}{reader}: message numbers contiguous (lapped ones counted)"
                     );
-                    assert_eq!(
+                    // The driver's sequence goes on with the message numbers: every buffer the
+                    // driver returned is one message, in order. Not strictly +1: vivid's
+                    // thread, late on a loaded host under emulation, skips a number for a frame
+                    // period it had no time to fill (seen: 17 then 19, message numbers
+                    // contiguous), or stamps two buffers with the same one (seen: 27 then 27).
+                    let (d0, d1) = (
+                        w[0]["device_seq"].as_u64().unwrap(),
                         w[1]["device_seq"].as_u64().unwrap(),
-                        w[0]["device_seq"].as_u64().unwrap() + 1,
-                        "{io} {cam}{reader}: driver sequence contiguous"
+                    );
+                    assert!(
+                        d1 >= d0,
+                        "{io} {cam}{reader}: driver sequence goes on: {d0} then {d1}"
                     );
                 }
+                let contiguous = got
+                    .windows(2)
+                    .filter(|w| {
+                        w[1]["device_seq"].as_u64().unwrap() - w[0]["device_seq"].as_u64().unwrap()
+                            == w[1]["seq"].as_u64().unwrap() - w[0]["seq"].as_u64().unwrap()
+                    })
+                    .count();
+                eprintln!(
+                    "{io} {cam}{reader}: driver sequence contiguous at {contiguous} of 5 steps"
+                );
             }
             // The two readers saw the same bytes for every message both read.
             let mut common = 0;
-            for fa in &a {
-                if let Some(fb) = b.iter().find(|fb| fb["seq"] == fa["seq"]) {
+            for fa in a.iter().filter(|f| f["intact"] == true) {
+                if let Some(fb) = b
+                    .iter()
+                    .find(|fb| fb["seq"] == fa["seq"] && fb["intact"] == true)
+                {
                     assert_eq!(
                         fa["fnv1a64"], fb["fnv1a64"],
                         "{io} {cam}: readers disagree on {fa}"
@@ -685,19 +798,123 @@ fn zero_copy_capture_into_ring_slots_matches_mmap() {
             .split_whitespace()
             .map(|v| v.parse().expect("number"))
             .collect();
-        let (ns, ticks, frames, user, sys) = (cpu[0], cpu[1], cpu[2], cpu[3], cpu[4]);
+        let (ns, frames, wakeups) = (cpu[0], cpu[1], cpu[2]);
         assert!(
-            frames >= 10,
+            frames >= 30,
             "{io}: frames published while measuring: {frames}"
         );
         let per_frame = ns / frames;
         eprintln!(
-            "zero-copy: {io}: capture thread {per_frame} ns CPU per 1280x720 NV12 frame \
-             ({ns} ns in schedstat; {ticks} ticks in /proc/PID/task/TID/stat: {user} user, \
-             {sys} system; {frames} frames)"
+            "zero-copy: {io}: capture thread {per_frame} ns CPU per 1920x1080 NV12 frame \
+             ({ns} ns on CPU over {frames} frames, switched in {wakeups} times: {} ns per wakeup)",
+            ns / wakeups.max(1)
         );
         cpu_per_frame.insert(io, per_frame);
     }
+    // While capturing with user pointers, the slots lent to the driver are marked as being
+    // written (4 buffers; 3 at the instant between a commit and the next lend): the check
+    // below sees them. When the agent stops, none is left marked.
+    let writing = |prefix: &str| -> u64 {
+        let line = out
+            .lines_with(prefix)
+            .next()
+            .unwrap_or_else(|| panic!("no {prefix:?} line"));
+        line.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{prefix}: not a count: {line:?}"))
+    };
+    let live = writing("WRITING-LIVE: userptr ");
+    assert!((3..=4).contains(&live), "userptr: {live} slots lent");
+    assert_eq!(
+        writing("WRITING-STOPPED: userptr "),
+        0,
+        "userptr: lent slots given back at stop"
+    );
+    assert_eq!(writing("WRITING-STOPPED: mmap "), 0);
+
+    // The geometry change in USERPTR mode: the reader read across it, message numbers go on
+    // without a gap, the epoch goes up by one, the new file has the new size, the old one is
+    // retired with no slot left marked as being written, and the new one lends as before.
+    let geo = frames(&out, "GEO: ");
+    let before_len = 1280 * 720 * 3 / 2;
+    let split = geo
+        .iter()
+        .position(|f| f["len"] != before_len)
+        .expect("GEO: frames of the new size after the change");
+    assert!(split >= 3, "GEO: three frames before the change: {geo:#?}");
+    assert!(
+        geo.len() - split >= 3,
+        "GEO: three frames after the change: {geo:#?}"
+    );
+    let (old_f, new_f) = (&geo[split - 1], &geo[split]);
+    for w in geo.windows(2) {
+        assert_eq!(
+            w[1]["seq"].as_u64().unwrap(),
+            w[0]["seq"].as_u64().unwrap() + 1,
+            "GEO: numbering continues across the change: {geo:#?}"
+        );
+        assert_eq!(w[1]["lost_before"], 0, "{geo:#?}");
+    }
+    assert!(geo.iter().all(|f| f["intact"] == true && f["flags"] == 0));
+    assert_eq!(
+        new_f["epoch"].as_u64().unwrap(),
+        old_f["epoch"].as_u64().unwrap() + 1,
+        "GEO: a new writer epoch after the change"
+    );
+    let new_len = new_f["len"].as_u64().unwrap();
+    assert!(geo[split..].iter().all(|f| f["len"] == new_len));
+    let old_inspect: Vec<&str> = out.lines_with("INSPECT-geo-old: ").collect();
+    let new_inspect: Vec<&str> = out.lines_with("INSPECT-geo-new: ").collect();
+    assert!(
+        old_inspect
+            .iter()
+            .any(|l| l.starts_with("retired:") && l.ends_with("true")),
+        "{old_inspect:#?}"
+    );
+    assert!(
+        old_inspect.iter().any(|l| l.contains("1280x720 NV12")),
+        "{old_inspect:#?}"
+    );
+    // The new file's slots hold the new image, rounded up to whole pages.
+    let slot_size: u64 = new_inspect
+        .iter()
+        .find_map(|l| l.strip_prefix("slots:"))
+        .and_then(|v| v.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .expect("slot size");
+    assert!(
+        slot_size >= new_len && slot_size - new_len < 4096,
+        "slots of {slot_size} bytes for frames of {new_len}: {new_inspect:#?}"
+    );
+    assert!(
+        !new_inspect.iter().any(|l| l.contains("1280x720")),
+        "{new_inspect:#?}"
+    );
+    let base: u64 = new_inspect
+        .iter()
+        .find_map(|l| l.strip_prefix("base_seq:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("base_seq");
+    assert_eq!(base, new_f["seq"].as_u64().unwrap(), "{new_inspect:#?}");
+    let before = writing("WRITING-GEO-BEFORE: ");
+    assert!((3..=4).contains(&before), "geo: {before} slots lent before");
+    assert_eq!(
+        writing("WRITING-GEO-OLD: "),
+        0,
+        "the retired file: the slots lent when the camera went away were given back"
+    );
+    let new_live = writing("WRITING-GEO-NEW-LIVE: ");
+    assert!(
+        (3..=4).contains(&new_live),
+        "geo: {new_live} slots lent after"
+    );
+    assert_eq!(writing("WRITING-GEO-NEW-STOPPED: "), 0);
+    let geo_log: Vec<&str> = out.lines_with("LOG-geo: ").collect();
+    assert!(
+        geo_log.iter().any(|l| l.contains("geometry changed")),
+        "{geo_log:#?}"
+    );
+
     // auto with a driver that refuses user pointers: MMAP and a copy, said once, same ring size.
     let auto_log: Vec<&str> = out.lines_with("LOG-auto: ").collect();
     let fallbacks: Vec<&&str> = auto_log

@@ -8,6 +8,12 @@
 //! cost. One run stops its reader with SIGSTOP for the whole run, to show that a stalled reader
 //! cannot slow the writer.
 //!
+//! Frames are also written the zero-copy way (V4L2 `USERPTR` capture): slots lent ahead to a
+//! stand-in device that fills them, the ring's own work (commit, lend the next slot) timed apart
+//! from the fill. And the frame runs at 0 and the most readers are repeated with the writer
+//! thread's priority raised (`--writer-priority`, falling back to `--writer-nice`), to show how
+//! much of the cost of many readers is readers preempting the writer.
+//!
 //! Everything lives in `<shm-dir>/edgeplex-bench-<pid>`, removed at the end (also on error).
 //! Every wait is bounded; nothing here can hang.
 //!
@@ -33,7 +39,7 @@ use serde::Serialize;
 
 use self::machine::{CpuLoad, CpuTicks, Machine, Memcpy, MemcpyResult};
 use self::procs::{ReaderReport, ReaderSet};
-use self::report::{ExtraRatios, Ratios, RunResult, Transport};
+use self::report::{ExtraRatios, Ratios, RunResult, Transport, WriterPath};
 use self::shm::{Plan, WriterRun};
 use self::stats::SourcePool;
 use crate::shutdown::Shutdown;
@@ -44,6 +50,9 @@ const FRAME: usize = 4 << 20;
 const SAMPLE: usize = 64;
 /// Slots of the frame ring: 16 × 4 MiB = 64 MiB, larger than the last-level cache.
 const FRAME_SLOTS: u32 = 16;
+/// Slots the zero-copy writer keeps lent to its stand-in device (the camera's default `buffers`);
+/// its ring has this many more slots, so readers keep the same history.
+const LENT_AHEAD: u32 = 4;
 /// Slots of the sample ring.
 const SAMPLE_SLOTS: u32 = 1024;
 /// Most reader processes one configuration may start.
@@ -80,6 +89,14 @@ pub struct BenchArgs {
     /// with many readers is readers preempting it on a small machine).
     #[arg(long, value_enum, default_value_t = ReaderPolicy::Normal)]
     pub reader_policy: ReaderPolicy,
+    /// Raised priority of the writer thread for the priority runs: `fifo:N` or `rr:N` (real-time;
+    /// needs CAP_SYS_NICE or RLIMIT_RTPRIO), or `none` for nice only.
+    #[arg(long, default_value = "fifo:10")]
+    pub writer_priority: String,
+    /// Nice value of the writer thread for the priority runs when the real-time policy is
+    /// refused or `none` (below 0 needs CAP_SYS_NICE).
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+    pub writer_nice: i32,
     /// Shrink the counts so the whole run takes a few seconds (a smoke test, not a measurement).
     #[arg(long)]
     pub quick: bool,
@@ -162,6 +179,13 @@ struct Config {
     source_bytes: u64,
     reader_idle_timeout_ms: u64,
     reader_policy: ReaderPolicy,
+    /// Slots the zero-copy writer keeps lent (its ring has this many more).
+    zero_copy_lent_slots: u32,
+    /// What the priority runs asked for and what the writer thread got.
+    writer_priority_asked: String,
+    writer_priority_applied: String,
+    /// Why a raised priority was refused, one line each.
+    writer_priority_refused: Vec<String>,
     bench_dir: PathBuf,
 }
 
@@ -183,6 +207,10 @@ struct Output {
     config: Config,
     memcpy_4mib: MemcpyResult,
     frames_4mib: SizeSection,
+    /// 4 MiB frames written the zero-copy way (lent slots filled by a stand-in device).
+    frames_4mib_zero_copy: SizeSection,
+    /// 4 MiB frame runs at 0 and the most readers with the writer's priority raised, both paths.
+    frames_4mib_priority_raised: SizeSection,
     samples_64b: SizeSection,
     stalled_reader_4mib: RunResult,
     ratios: Ratios,
@@ -201,13 +229,16 @@ fn warmup_for(count: u64) -> u64 {
     (count / 20).min(20)
 }
 
-/// One configuration: message size, transport, reader count, whether the readers are stopped.
+/// One configuration: message size, transport, reader count, whether the readers are stopped,
+/// how the writer fills slots, and whether its priority is raised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Setup {
     frames: bool,
     transport: Transport,
     readers: usize,
     stall: bool,
+    path: WriterPath,
+    raised: bool,
 }
 
 /// The merged rounds of one configuration.
@@ -265,6 +296,30 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         args.reader_idle_timeout_ms >= 100,
         "--reader-idle-timeout-ms must be at least 100"
     );
+    let raise = if args.writer_priority == "none" {
+        None
+    } else {
+        Some(
+            args.writer_priority
+                .parse::<crate::sched::Realtime>()
+                .map_err(|e| anyhow::anyhow!("--writer-priority {e}, or none"))?,
+        )
+    };
+    ensure!(
+        (-20..=19).contains(&args.writer_nice),
+        "--writer-nice must be in -20..=19"
+    );
+    let priority = crate::sched::Request {
+        realtime: raise,
+        nice: Some(args.writer_nice),
+    };
+    // Try it once now, to report what the priority runs will get (and why not more).
+    let probe = std::thread::spawn(move || crate::sched::apply_to_current_thread(priority))
+        .join()
+        .map_err(|_| anyhow::anyhow!("the priority probe thread panicked"))?;
+    for why in &probe.refused {
+        tracing::warn!(refused = %why, applied = %probe.applied, "writer priority");
+    }
     let shutdown = Shutdown::install().context("install signal handlers")?;
     let machine = Machine::probe();
     let llc = machine.llc_or_default();
@@ -305,6 +360,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         source_bytes: frame_pool.bytes(),
         reader_idle_timeout_ms: args.reader_idle_timeout_ms,
         reader_policy: args.reader_policy,
+        zero_copy_lent_slots: LENT_AHEAD,
+        writer_priority_asked: match raise {
+            Some(rt) => format!("{rt}, else nice:{}", args.writer_nice),
+            None => format!("nice:{}", args.writer_nice),
+        },
+        writer_priority_applied: probe.applied.clone(),
+        writer_priority_refused: probe.refused.clone(),
         bench_dir: dir.path.clone(),
     };
     let ctx = Ctx {
@@ -312,6 +374,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         shutdown: &shutdown,
         idle: Duration::from_millis(args.reader_idle_timeout_ms),
         policy: args.reader_policy,
+        priority,
     };
 
     tracing::info!(
@@ -330,27 +393,48 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    let plain = |frames, transport, readers| Setup {
+        frames,
+        transport,
+        readers,
+        stall: false,
+        path: WriterPath::Copy,
+        raised: false,
+    };
     let mut setups = Vec::new();
     for frames in [true, false] {
         for &n in &readers {
             for transport in [Transport::Ring, Transport::Uds] {
                 if transport == Transport::Ring || n > 0 {
-                    setups.push(Setup {
-                        frames,
-                        transport,
-                        readers: n,
-                        stall: false,
-                    });
+                    setups.push(plain(frames, transport, n));
                 }
+            }
+            if frames {
+                setups.push(Setup {
+                    path: WriterPath::ZeroCopy,
+                    ..plain(frames, Transport::Ring, n)
+                });
             }
         }
         if frames {
             setups.push(Setup {
-                frames,
-                transport: Transport::Ring,
                 readers: 1,
                 stall: true,
+                ..plain(frames, Transport::Ring, 1)
             });
+            // The priority runs: no readers and the most readers, both writer paths.
+            let most = readers.last().copied().unwrap_or(0);
+            let mut ends = vec![readers[0], most];
+            ends.dedup();
+            for path in [WriterPath::Copy, WriterPath::ZeroCopy] {
+                for &n in &ends {
+                    setups.push(Setup {
+                        path,
+                        raised: true,
+                        ..plain(frames, Transport::Ring, n)
+                    });
+                }
+            }
         }
     }
 
@@ -375,9 +459,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 (&sample_pool, &sample_plan, SAMPLE_SLOTS, "samples")
             };
             let (w, reports) = match setup.transport {
-                Transport::Ring => {
-                    ctx.ring_run(label, pool, plan, slots, setup.readers, setup.stall)?
-                }
+                Transport::Ring => ctx.ring_run(label, pool, plan, slots, setup)?,
                 Transport::Uds => ctx.uds_run(label, pool, plan, setup.readers)?,
             };
             accumulate(&mut accs, setup, w, reports);
@@ -387,24 +469,31 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let memcpy = MemcpyResult::new(&memcpy, &frame_pool, &memcpy_paced, &memcpy_back);
 
     let (mut frame_runs, mut sample_runs, mut stalled) = (Vec::new(), Vec::new(), None);
+    let (mut zero_copy_runs, mut raised_runs) = (Vec::new(), Vec::new());
     for acc in accs {
-        let (warmup, runs) = if acc.setup.frames {
-            (frame_plan.warmup, &mut frame_runs)
-        } else {
+        let (warmup, runs) = if !acc.setup.frames {
             (sample_plan.warmup, &mut sample_runs)
+        } else if acc.setup.raised {
+            (frame_plan.warmup, &mut raised_runs)
+        } else if acc.setup.path == WriterPath::ZeroCopy {
+            (frame_plan.warmup, &mut zero_copy_runs)
+        } else {
+            (frame_plan.warmup, &mut frame_runs)
         };
         let stalled_readers = if acc.setup.stall {
             acc.setup.readers
         } else {
             0
         };
-        let result = RunResult::new(
+        let mut result = RunResult::new(
             acc.setup.transport,
             stalled_readers,
             warmup * rounds,
             &acc.writer,
             &acc.readers,
         );
+        result.writer_path = (acc.setup.transport == Transport::Ring).then_some(acc.setup.path);
+        result.writer_priority = acc.writer.priority.clone();
         if acc.setup.stall {
             stalled = Some(result);
         } else {
@@ -413,7 +502,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let stalled = stalled.context("the stalled-reader run is missing")?;
     let (ratios, extra_ratios) = report::ratios(
-        &frame_runs,
+        &report::FrameRuns {
+            copy: &frame_runs,
+            zero_copy: &zero_copy_runs,
+            raised: &raised_runs,
+        },
         &sample_runs,
         memcpy.paced.map(|s| s.p50_ns as f64),
         Some(&stalled),
@@ -429,6 +522,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             slots: FRAME_SLOTS,
             interval_us: args.frame_interval_us,
             runs: frame_runs,
+        },
+        frames_4mib_zero_copy: SizeSection {
+            bytes: FRAME,
+            slots: FRAME_SLOTS + LENT_AHEAD,
+            interval_us: args.frame_interval_us,
+            runs: zero_copy_runs,
+        },
+        frames_4mib_priority_raised: SizeSection {
+            bytes: FRAME,
+            slots: FRAME_SLOTS,
+            interval_us: args.frame_interval_us,
+            runs: raised_runs,
         },
         samples_64b: SizeSection {
             bytes: SAMPLE,
@@ -476,6 +581,14 @@ const NOTES: &[&str] = &[
      writer's own work",
     "the stalled-reader run's latency is meaningless (the reader was stopped); its lost count \
      shows the ring dropping the oldest messages for it instead of slowing the writer",
+    "zero-copy runs (writer_path zero_copy): the writer keeps config.zero_copy_lent_slots slots \
+     lent (Lender), as the camera's USERPTR capture does; per frame a stand-in device fills the \
+     oldest lent slot (a copy of the source frame: the bytes a device would DMA; device_fill_ns, \
+     not in writer_cost_ns), then writer_cost_ns times the ring's own work: commit the slot \
+     (seqlock, head store, futex wake) and lend the next; writer_cost_with_fill_ns is both",
+    "priority runs (frames_4mib_priority_raised): readers start at normal priority, then the \
+     writer thread gets config.writer_priority_applied for its timed loop only and goes back to \
+     SCHED_OTHER after",
 ];
 
 /// How long after the last message readers get to take it before they are asked to report.
@@ -490,6 +603,7 @@ struct Ctx<'a> {
     shutdown: &'a Shutdown,
     idle: Duration,
     policy: ReaderPolicy,
+    priority: crate::sched::Request,
 }
 
 impl Ctx<'_> {
@@ -511,18 +625,28 @@ impl Ctx<'_> {
     }
 
     /// One ring configuration: fresh ring, `n` reader processes (stopped for the whole run if
-    /// `stall`), paced writer.
+    /// `stall`), paced writer, copying or zero-copy, at normal or raised priority.
     fn ring_run(
         &self,
         label: &str,
         pool: &SourcePool,
         plan: &Plan,
         slots: u32,
-        n: usize,
-        stall: bool,
+        setup: Setup,
     ) -> anyhow::Result<(WriterRun, Vec<ReaderReport>)> {
-        tracing::debug!(label, readers = n, stall, "ring run");
-        let suffix = if stall { "-stalled" } else { "" };
+        let (n, stall) = (setup.readers, setup.stall);
+        tracing::debug!(label, readers = n, stall, path = ?setup.path, raised = setup.raised, "ring run");
+        let suffix = match (stall, setup.path, setup.raised) {
+            (true, _, _) => "-stalled",
+            (_, WriterPath::Copy, false) => "",
+            (_, WriterPath::ZeroCopy, false) => "-zc",
+            (_, WriterPath::Copy, true) => "-prio",
+            (_, WriterPath::ZeroCopy, true) => "-zc-prio",
+        };
+        let slots = match setup.path {
+            WriterPath::Copy => slots,
+            WriterPath::ZeroCopy => slots + LENT_AHEAD,
+        };
         let path = self.dir.join(format!("{label}-{n}{suffix}.ring"));
         let mut writer = shm::create(&path, plan.size, slots)?;
         let args = self.reader_args("ring", &path, plan);
@@ -534,13 +658,31 @@ impl Ctx<'_> {
                 procs::wait_stopped(pid, Duration::from_secs(2))?;
             }
         }
-        let written = shm::write(&mut writer, pool, plan, self.shutdown);
+        // Raised only now: the reader processes were started at normal priority, and the
+        // writer goes back to it right after its timed loop.
+        let nice = crate::sched::current_nice();
+        let during = setup.raised.then(|| {
+            crate::sched::apply_to_current_thread(self.priority);
+            crate::sched::current_thread()
+        });
+        let written = match setup.path {
+            WriterPath::Copy => shm::write(&mut writer, pool, plan, self.shutdown),
+            WriterPath::ZeroCopy => {
+                shm::write_lent(&mut writer, pool, plan, LENT_AHEAD as usize, self.shutdown)
+            }
+        };
+        if setup.raised {
+            if let Err(e) = crate::sched::reset_current_thread(nice) {
+                tracing::warn!(error = %e, "cannot put the writer back to normal priority");
+            }
+        }
         if stall {
             for pid in set.pids() {
                 procs::signal(pid, "CONT")?;
             }
         }
-        let written = written?;
+        let mut written = written?;
+        written.priority = during;
         let reports = set.collect(
             settle(plan),
             self.idle + Duration::from_secs(30),

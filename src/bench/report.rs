@@ -17,6 +17,17 @@ pub enum Transport {
     Uds,
 }
 
+/// How a ring writer fills its slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriterPath {
+    /// `Writer::lend`, a copy of the frame into the slot, commit (MMAP capture and a copy).
+    Copy,
+    /// Slots lent ahead to a (stand-in) device that fills them; the writer only commits and
+    /// lends (USERPTR capture).
+    ZeroCopy,
+}
+
 /// One reader's figures in a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct PerReader {
@@ -43,6 +54,11 @@ pub struct RunResult {
     pub readers: usize,
     /// How many of them were stopped (SIGSTOP) for the whole run.
     pub stalled_readers: usize,
+    /// Ring only: how the writer filled its slots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer_path: Option<WriterPath>,
+    /// The writer thread's raised priority during this run (`null`: normal).
+    pub writer_priority: Option<String>,
     /// Messages sent.
     pub published: u64,
     /// Leading messages left out of the timing figures.
@@ -60,6 +76,12 @@ pub struct RunResult {
     pub writer_run_delay_ns: Option<Summary>,
     /// Ring only: writer cost minus that run delay, per message: the writer's own work.
     pub writer_cost_minus_run_delay_ns: Option<Summary>,
+    /// Zero-copy only: the stand-in device's fill of each slot (not in `writer_cost_ns`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_fill_ns: Option<Summary>,
+    /// Zero-copy only: fill plus the ring's work (commit and lend), per message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer_cost_with_fill_ns: Option<Summary>,
     /// Publish-to-reader latency, pooled over all readers.
     pub latency_ns: Option<Summary>,
     /// Sum of `delivered` over readers.
@@ -96,6 +118,21 @@ impl RunResult {
             transport,
             readers: reports.len(),
             stalled_readers,
+            writer_path: None,
+            writer_priority: None,
+            device_fill_ns: Summary::of(&w.fill_ns),
+            writer_cost_with_fill_ns: (w.fill_ns.len() == w.costs_ns.len())
+                .then(|| {
+                    let both: Vec<u64> = w
+                        .costs_ns
+                        .iter()
+                        .zip(&w.fill_ns)
+                        .map(|(c, f)| c + f)
+                        .collect();
+                    Summary::of(&both)
+                })
+                .flatten()
+                .filter(|_| !w.fill_ns.is_empty()),
             published: w.published,
             warmup_excluded: warmup.min(w.published),
             pacing_overruns: w.overruns,
@@ -144,6 +181,10 @@ impl RunResult {
 
     fn own_p50(&self) -> Option<f64> {
         self.writer_cost_minus_run_delay_ns.map(|s| s.p50_ns as f64)
+    }
+
+    fn with_fill_p50(&self) -> Option<f64> {
+        self.writer_cost_with_fill_ns.map(|s| s.p50_ns as f64)
     }
 
     fn cost_mean(&self) -> Option<f64> {
@@ -230,6 +271,12 @@ pub struct Ratios {
     pub latency_p50_64b_ring_over_uds: Ratio,
     /// Messages lost by readers that were not stalled, all ring runs.
     pub lost_by_keeping_up_readers: Ratio,
+    /// Zero-copy writer cost (commit + lend, p50) over the copying writer's, 4 MiB, 0 readers.
+    pub zero_copy_writer_cost_4mib_over_copy: Ratio,
+    /// Zero-copy writer cost (p50) over the paced memcpy p50.
+    pub zero_copy_writer_cost_4mib_over_memcpy: Ratio,
+    /// Copying writer cost (p50), 16 readers over 0, the writer's priority raised.
+    pub writer_cost_4mib_16_readers_over_0_priority_raised: Ratio,
 }
 
 /// Figures beyond the headline ones.
@@ -237,11 +284,63 @@ pub struct Ratios {
 pub struct ExtraRatios {
     /// Ring writer cost (p50) for 4 MiB with one SIGSTOPped reader over 0 readers.
     pub writer_cost_4mib_stalled_reader_over_0: Ratio,
+    /// Zero-copy: the stand-in device's fill plus the ring's work (p50) over the copying
+    /// writer's cost: lending costs nothing a copy does not.
+    pub zero_copy_with_fill_4mib_over_copy: Ratio,
+    /// Zero-copy writer cost (p50), 16 readers over 0, normal priority.
+    pub zero_copy_writer_cost_4mib_16_readers_over_0: Ratio,
+    /// Zero-copy writer cost (p50), 16 readers over 0, the writer's priority raised.
+    pub zero_copy_writer_cost_4mib_16_readers_over_0_priority_raised: Ratio,
+}
+
+/// The 4 MiB frame runs, by writer path and priority.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRuns<'a> {
+    /// Copying writer, normal priority (with the socket runs).
+    pub copy: &'a [RunResult],
+    /// Zero-copy writer, normal priority.
+    pub zero_copy: &'a [RunResult],
+    /// Both writers with the writer's priority raised.
+    pub raised: &'a [RunResult],
 }
 
 fn find(runs: &[RunResult], t: Transport, n: usize) -> Option<&RunResult> {
     runs.iter()
         .find(|r| r.transport == t && r.readers == n && r.stalled_readers == 0)
+}
+
+fn find_path(runs: &[RunResult], path: WriterPath, n: usize) -> Option<&RunResult> {
+    runs.iter().find(|r| {
+        r.transport == Transport::Ring
+            && r.writer_path == Some(path)
+            && r.readers == n
+            && r.stalled_readers == 0
+    })
+}
+
+/// `many` readers over 0 for the runs of `path` in `runs`, with the usual companions.
+fn fan_out(runs: &[RunResult], path: WriterPath, many: Option<usize>, basis: String) -> Ratio {
+    let zero = find_path(runs, path, 0);
+    let most = many.and_then(|n| find_path(runs, path, n));
+    let mut r = Ratio::new(
+        ratio(
+            most.and_then(RunResult::cost_p50),
+            zero.and_then(RunResult::cost_p50),
+        ),
+        Goal::AtMost,
+        1.1,
+        basis,
+    );
+    r.readers = most.map(|m| m.readers);
+    r.from_means = ratio(
+        most.and_then(RunResult::cost_mean),
+        zero.and_then(RunResult::cost_mean),
+    );
+    r.excluding_run_delay = ratio(
+        most.and_then(RunResult::own_p50),
+        zero.and_then(RunResult::own_p50),
+    );
+    r
 }
 
 /// The smallest reader count above zero among the ring runs, preferring `want`.
@@ -265,12 +364,13 @@ fn latency_ratio(runs: &[RunResult], num: Transport, den: Transport, n: usize) -
 
 /// Compute the headline ratios from the frame runs, the sample runs and the memcpy baseline.
 pub fn ratios(
-    frames: &[RunResult],
+    frame_runs: &FrameRuns<'_>,
     samples: &[RunResult],
     memcpy_p50: Option<f64>,
     stalled: Option<&RunResult>,
 ) -> (Ratios, ExtraRatios) {
     use Transport::{Ring, Uds};
+    let frames = frame_runs.copy;
     let zero = find(frames, Ring, 0);
     let most = if find(frames, Ring, 16).is_some() {
         Some(16)
@@ -344,6 +444,8 @@ pub fn ratios(
 
     let lost: u64 = frames
         .iter()
+        .chain(frame_runs.zero_copy)
+        .chain(frame_runs.raised)
         .chain(samples)
         .filter(|r| r.transport == Ring && r.stalled_readers == 0)
         .map(|r| r.lost_total)
@@ -352,7 +454,9 @@ pub fn ratios(
         Some(lost as f64),
         Goal::Exactly,
         0.0,
-        "messages lost, summed over every ring reader that was not stalled (both sizes)".into(),
+        "messages lost, summed over every ring reader that was not stalled (both sizes, both \
+         writer paths, both priorities)"
+            .into(),
     );
 
     let mut stall = Ratio::new(
@@ -376,6 +480,74 @@ pub fn ratios(
         zero.and_then(RunResult::own_p50),
     );
 
+    // Zero-copy against the copying writer and the memcpy floor, at 0 readers.
+    let zc_zero = find_path(frame_runs.zero_copy, WriterPath::ZeroCopy, 0);
+    let copy_zero = zero;
+    let mut zc_vs_copy = Ratio::new(
+        ratio(
+            zc_zero.and_then(RunResult::cost_p50),
+            copy_zero.and_then(RunResult::cost_p50),
+        ),
+        Goal::AtMost,
+        0.25,
+        "zero-copy writer cost p50 (commit + lend, the device's fill excluded) / copying writer \
+         cost p50 (lend + copy + commit), 4 MiB, 0 readers (target set by the bench, after the \
+         issue's CPU target for capture)"
+            .into(),
+    );
+    zc_vs_copy.readers = zc_zero.map(|_| 0);
+    zc_vs_copy.from_means = ratio(
+        zc_zero.and_then(RunResult::cost_mean),
+        copy_zero.and_then(RunResult::cost_mean),
+    );
+    let mut zc_vs_memcpy = Ratio::new(
+        ratio(zc_zero.and_then(RunResult::cost_p50), memcpy_p50),
+        Goal::AtMost,
+        0.25,
+        "zero-copy writer cost p50, 4 MiB, 0 readers / paced memcpy p50 of 4 MiB into a region > \
+         LLC (target set by the bench)"
+            .into(),
+    );
+    zc_vs_memcpy.readers = zc_zero.map(|_| 0);
+    let mut zc_fill = Ratio::new(
+        ratio(
+            zc_zero.and_then(RunResult::with_fill_p50),
+            copy_zero.and_then(RunResult::cost_p50),
+        ),
+        Goal::AtMost,
+        1.1,
+        "zero-copy (device fill + commit + lend) p50 / copying writer cost p50, 4 MiB, 0 readers: \
+         lending adds nothing to a copy (target set by the bench)"
+            .into(),
+    );
+    zc_fill.readers = zc_zero.map(|_| 0);
+
+    let most_n = many.map(|m| m.readers);
+    let label = |what: &str| match most_n {
+        Some(16) | None => format!("{what}, 4 MiB, 16 readers / 0 readers"),
+        Some(n) => format!("{what}, 4 MiB, {n} readers / 0 readers (16 readers not run)"),
+    };
+    let raised_copy = fan_out(
+        frame_runs.raised,
+        WriterPath::Copy,
+        most_n,
+        label("copying writer cost p50, writer priority raised"),
+    );
+    let zc_fan = fan_out(
+        frame_runs.zero_copy,
+        WriterPath::ZeroCopy,
+        most_n,
+        label(
+            "zero-copy writer cost p50 (commit + lend), normal priority (target set by the bench)",
+        ),
+    );
+    let zc_raised = fan_out(
+        frame_runs.raised,
+        WriterPath::ZeroCopy,
+        most_n,
+        label("zero-copy writer cost p50 (commit + lend), writer priority raised (target set by the bench)"),
+    );
+
     (
         Ratios {
             writer_cost_4mib_16_readers_over_0: fan,
@@ -383,9 +555,15 @@ pub fn ratios(
             latency_p50_4mib_uds_over_ring: lat_frames,
             latency_p50_64b_ring_over_uds: lat_samples,
             lost_by_keeping_up_readers: lost,
+            zero_copy_writer_cost_4mib_over_copy: zc_vs_copy,
+            zero_copy_writer_cost_4mib_over_memcpy: zc_vs_memcpy,
+            writer_cost_4mib_16_readers_over_0_priority_raised: raised_copy,
         },
         ExtraRatios {
             writer_cost_4mib_stalled_reader_over_0: stall,
+            zero_copy_with_fill_4mib_over_copy: zc_fill,
+            zero_copy_writer_cost_4mib_16_readers_over_0: zc_fan,
+            zero_copy_writer_cost_4mib_16_readers_over_0_priority_raised: zc_raised,
         },
     )
 }

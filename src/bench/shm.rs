@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use super::machine::{CpuTicks, SchedStat};
 use super::procs::ReaderReport;
 use super::stats::{nanos, Pacer, SourcePool};
-use crate::ring::{self, CreateOptions, Meta, Reader, RingSpec, Start, StreamKind, Writer};
+use crate::ring::{self, CreateOptions, Lender, Meta, Reader, RingSpec, Start, StreamKind, Writer};
 use crate::shutdown::Shutdown;
 
 /// What the writer side of one run measured.
@@ -29,6 +29,12 @@ pub struct WriterRun {
     pub run_delay_ns: Vec<u64>,
     /// Ring only: messages during whose timed region the writer was switched out.
     pub switched_out: Option<u64>,
+    /// Zero-copy path only: per message after the warm-up, the time the stand-in device took to
+    /// fill the lent slot (outside the timed ring work), ns.
+    pub fill_ns: Vec<u64>,
+    /// The writer thread's policy and priority during the run, when raised (read back from the
+    /// kernel inside the run, not what was asked for).
+    pub priority: Option<String>,
 }
 
 impl WriterRun {
@@ -45,6 +51,14 @@ impl WriterRun {
         let both = self.switched_out.zip(other.switched_out);
         self.switched_out = both.map(|(a, b)| a + b);
         self.run_delay_ns.extend(other.run_delay_ns);
+        self.fill_ns.extend(other.fill_ns);
+        if self.priority != other.priority {
+            self.priority = Some(format!(
+                "{} then {}",
+                self.priority.as_deref().unwrap_or("normal"),
+                other.priority.as_deref().unwrap_or("normal")
+            ));
+        }
     }
 }
 
@@ -155,6 +169,100 @@ pub fn write(
         ticks,
         switched_out,
         run_delay_ns: delays,
+        fill_ns: Vec::new(),
+        priority: None,
+    })
+}
+
+/// Publish `plan.count` messages at fixed intervals the zero-copy way, as the camera's
+/// user-pointer capture does: `ahead` slots stay lent ([`Lender`]); per message the stand-in
+/// device fills the oldest lent slot (a copy of the source frame and its sequence tag: the bytes
+/// a device would DMA, timed apart as `fill_ns`), then the ring's own work is timed: commit the
+/// oldest slot (seqlock, head store, futex wake) and lend the next one.
+pub fn write_lent(
+    w: &mut Writer,
+    pool: &SourcePool,
+    plan: &Plan,
+    ahead: usize,
+    shutdown: &Shutdown,
+) -> anyhow::Result<WriterRun> {
+    if plan.size < 8 || plan.size > w.capacity() {
+        bail!(
+            "message size {} does not fit 8..={} bytes",
+            plan.size,
+            w.capacity()
+        );
+    }
+    let mut lender = Lender::new();
+    for _ in 0..ahead.max(1) {
+        if lender.lend(w).is_none() {
+            bail!(
+                "a ring of {} slots cannot lend {ahead}",
+                w.geometry().slot_count
+            );
+        }
+    }
+    let mut costs = Vec::with_capacity(plan.count as usize);
+    let mut fills = Vec::with_capacity(plan.count as usize);
+    let mut delays = Vec::with_capacity(plan.count as usize);
+    let mut switched_out = 0;
+    let mut sched = SchedStat::open();
+    let mut pacer = Pacer::new(plan.interval);
+    let ticks = CpuTicks::now();
+    let started = Instant::now();
+    let result = (|| {
+        for i in 0..plan.count {
+            if !pacer.wait(shutdown) {
+                bail!("interrupted");
+            }
+            let src = &pool.get(i)[..plan.size];
+            let seq = lender.oldest().map(|s| s.seq()).context("no slot lent")?;
+            // The device: writes the frame into the slot it was given.
+            let t0 = Instant::now();
+            let buf = lender.oldest_mut(w).context("no slot lent")?;
+            buf[..plan.size].copy_from_slice(src);
+            buf[..8].copy_from_slice(&seq.to_le_bytes());
+            let fill = nanos(t0.elapsed());
+            let meta = Meta {
+                capture_ns: ring::monotonic_ns(),
+                device_seq: i,
+                flags: 0,
+            };
+            // The ring: publish the filled slot, lend the next one to the device.
+            let before = sched.sample();
+            let t1 = Instant::now();
+            lender.commit_oldest(w, plan.size, meta);
+            let next = lender.lend(w);
+            let cost = nanos(t1.elapsed());
+            let after = sched.sample();
+            next.context("no slot left to lend")?;
+            if i >= plan.warmup {
+                costs.push(cost);
+                fills.push(fill);
+                if let (Some(a), Some(b)) = (before, after) {
+                    delays.push(b.run_delay_ns.saturating_sub(a.run_delay_ns));
+                    switched_out += u64::from(b.switches > a.switches);
+                }
+            }
+        }
+        Ok(())
+    })();
+    // No device writes the slots still lent: give them back unpublished.
+    lender.abandon(w);
+    result?;
+    let elapsed = started.elapsed();
+    let ticks = CpuTicks::since(ticks);
+    let switched_out = (delays.len() == costs.len()).then_some(switched_out);
+    Ok(WriterRun {
+        published: plan.count,
+        costs_ns: costs,
+        overruns: pacer.overruns(),
+        elapsed,
+        ticks,
+        switched_out,
+        run_delay_ns: delays,
+        fill_ns: fills,
+        priority: None,
     })
 }
 

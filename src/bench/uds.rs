@@ -114,6 +114,8 @@ pub fn write(
         ticks,
         run_delay_ns: Vec::new(),
         switched_out: None,
+        fill_ns: Vec::new(),
+        priority: None,
     })
 }
 

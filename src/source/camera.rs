@@ -59,6 +59,12 @@ pub struct CameraSettings {
     /// Unset: the agent's own.
     #[serde(default)]
     pub nice: Option<i32>,
+    /// Real-time policy of the capture thread, `"fifo:N"` or `"rr:N"` (N in 1..=99): woken
+    /// readers (ordinary threads) then never preempt it. Needs CAP_SYS_NICE (or RLIMIT_RTPRIO),
+    /// and RT runtime in the cgroup on kernels built with CONFIG_RT_GROUP_SCHED. When refused,
+    /// the agent logs one line saying why and applies `nice` instead. Unset: no real-time policy.
+    #[serde(default)]
+    pub realtime: Option<crate::sched::Realtime>,
 }
 
 /// How a camera's frames reach its ring (`io = ...`).
@@ -179,22 +185,26 @@ pub struct CameraOpener {
     settings: CameraSettings,
     /// The reason `auto` fell back to MMAP, once logged (logged again only when it changes).
     fallback_logged: FallbackLog,
-    /// The nice value was applied to this (the stream's) thread, or the failure logged.
-    nice_applied: bool,
+    /// The priority was applied to this (the stream's) thread, or the refusal logged.
+    priority_applied: bool,
 }
 
-/// Set the calling thread's nice value. Failure is logged, never fatal: the camera still works.
-fn apply_nice(nice: i32) {
-    let tid = rustix::thread::gettid();
-    match rustix::process::setpriority_process(Some(tid), nice) {
-        Ok(()) => tracing::info!(nice, "capture thread priority set"),
-        Err(e) => tracing::warn!(
-            nice,
-            error = %e,
+/// Set the calling thread's priority: `realtime` if asked and permitted, else `nice`. A refusal
+/// is logged in one line with its reason, never fatal: the camera still works.
+fn apply_priority(req: crate::sched::Request) -> crate::sched::Outcome {
+    let outcome = crate::sched::apply_to_current_thread(req);
+    for why in &outcome.refused {
+        tracing::warn!(
+            refused = %why,
+            applied = %outcome.applied,
             hint = super::hint::sys_nice(super::hint::Runtime::detect()),
-            "cannot set the capture thread's priority; raising it needs CAP_SYS_NICE"
-        ),
+            "cannot give the capture thread the priority asked for"
+        );
     }
+    if outcome.applied != "unchanged" {
+        tracing::info!(priority = %outcome.applied, "capture thread priority set");
+    }
+    outcome
 }
 
 /// The last fallback reason logged for a stream, shared by its opener and its cameras.
@@ -276,7 +286,7 @@ impl CameraOpener {
             name: name.to_owned(),
             settings,
             fallback_logged: FallbackLog::default(),
-            nice_applied: false,
+            priority_applied: false,
         }
     }
 }
@@ -311,9 +321,13 @@ impl Opener for CameraOpener {
 
     fn open(&mut self) -> Result<Camera, SourceError> {
         // `open` runs on the stream's own thread: set its priority once.
-        if let (Some(nice), false) = (self.settings.nice, self.nice_applied) {
-            apply_nice(nice);
-            self.nice_applied = true;
+        let req = crate::sched::Request {
+            realtime: self.settings.realtime,
+            nice: self.settings.nice,
+        };
+        if !self.priority_applied && req != crate::sched::Request::default() {
+            apply_priority(req);
+            self.priority_applied = true;
         }
         let s = &self.settings;
         let path = &s.device;
@@ -568,7 +582,11 @@ mod tests {
         let before = rustix::process::getpriority_process(None).expect("getpriority");
         let on_thread = std::thread::spawn(|| {
             // Lowering priority needs no privilege.
-            apply_nice(7);
+            let o = apply_priority(crate::sched::Request {
+                realtime: None,
+                nice: Some(7),
+            });
+            assert_eq!(o.applied, "nice:7");
             rustix::process::getpriority_process(Some(rustix::thread::gettid()))
                 .expect("getpriority")
         })
@@ -597,5 +615,11 @@ mod tests {
         let e = parse("nice = -21").unwrap_err();
         assert!(e.contains("stream.cam0.nice = -21"), "{e}");
         assert!(parse("nice = 20").is_err());
+        assert_eq!(
+            parse("realtime = \"fifo:10\"").unwrap().realtime,
+            Some("fifo:10".parse().unwrap())
+        );
+        let e = parse("realtime = \"fifo:0\"").unwrap_err();
+        assert!(e.contains("fifo:N or rr:N"), "{e}");
     }
 }

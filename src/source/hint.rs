@@ -70,7 +70,9 @@ pub fn permission_here(class: DeviceClass) -> &'static str {
 /// What grants CAP_SYS_NICE (a negative `nice`) where the agent runs.
 pub fn sys_nice(runtime: Runtime) -> &'static str {
     match runtime {
-        Runtime::Snap => "snap connect edgeplex:process-control",
+        Runtime::Snap => {
+            "this snap does not plug process-control (a reserved interface); a device image that needs it adds the plug and runs snap connect edgeplex:process-control (docs/capture.md)"
+        }
         Runtime::Pod => "add SYS_NICE to the container's securityContext.capabilities.add",
         Runtime::Host => "run the agent as root or give it CAP_SYS_NICE",
     }

@@ -417,6 +417,15 @@ pub fn supervise<O: Opener>(
                     detail: format!("source panicked: {detail}"),
                 })
             });
+        // The device is closed (dropped with the session): slots it had been lent and never
+        // returned are marked as being written. Clear them now (RING.md 4.3, item 3), before a
+        // retry or a geometry change retires this file, and before a clean stop.
+        if let Some(w) = writer.as_mut() {
+            let cleared = w.clear_abandoned();
+            if cleared > 0 {
+                tracing::debug!(cleared, "slots lent to the device given back unpublished");
+            }
+        }
         let Err(e) = result else { break };
         health.set_failed(&e);
         let msg = e.to_string();
@@ -439,6 +448,164 @@ pub fn supervise<O: Opener>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A device that, like USERPTR capture, keeps slots of the ring lent (being written) while
+    /// it runs: publishes one frame, then fails with two slots lent. Its second open negotiates
+    /// a different image size (a geometry change), publishes one frame and asks to stop.
+    struct Lending {
+        opens: u32,
+        shutdown: Shutdown,
+    }
+
+    struct LendingDevice {
+        size: u64,
+        lender: crate::ring::Lender,
+        published: bool,
+        last: bool,
+        shutdown: Shutdown,
+    }
+
+    impl Opener for Lending {
+        type Device = LendingDevice;
+        fn open(&mut self) -> Result<LendingDevice, SourceError> {
+            self.opens += 1;
+            Ok(LendingDevice {
+                size: if self.opens == 1 { 4096 } else { 8192 },
+                lender: crate::ring::Lender::new(),
+                published: false,
+                last: self.opens > 1,
+                shutdown: self.shutdown.clone(),
+            })
+        }
+    }
+
+    impl Device for LendingDevice {
+        fn spec(&self) -> RingSpec {
+            RingSpec {
+                name: "cam".into(),
+                kind: crate::ring::StreamKind::Video,
+                slot_count: 6,
+                slot_size: self.size,
+                video: None,
+            }
+        }
+        fn pump(
+            &mut self,
+            w: &mut Writer,
+            _: &StreamHealth,
+            _: Duration,
+        ) -> Result<(), SourceError> {
+            if !self.published {
+                self.lender.lend(w).expect("lend");
+                let meta = crate::ring::Meta::default();
+                self.lender.commit_oldest(w, 10, meta).expect("commit");
+                self.lender.lend(w).expect("lend");
+                self.lender.lend(w).expect("lend");
+                self.published = true;
+                return Ok(());
+            }
+            if self.last {
+                self.shutdown.trigger();
+                return Ok(());
+            }
+            // Unplugged with two slots lent; the lender is dropped with the device.
+            Err(SourceError::Disconnected {
+                device: "/dev/video9".into(),
+                detail: "gone".into(),
+            })
+        }
+    }
+
+    /// Seqlock words of every slot of the ring file open as `f`.
+    fn seq_words(f: &std::fs::File) -> Vec<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut page = vec![0u8; crate::ring::layout::HEADER_SIZE as usize];
+        f.read_exact_at(&mut page, 0).expect("header");
+        let len = f.metadata().expect("stat").len();
+        let g = crate::ring::layout::parse_header(&page, len).expect("valid header");
+        (0..u64::from(g.slot_count))
+            .map(|slot| {
+                let mut b = [0u8; 8];
+                f.read_exact_at(&mut b, g.desc_at(slot))
+                    .expect("descriptor");
+                u64::from_le_bytes(b)
+            })
+            .collect()
+    }
+
+    /// A device that fails with slots lent leaves none marked as being written, in the ring it
+    /// leaves (retired by a geometry change here) or the one it continues in; numbering
+    /// continues. On the code before the supervisor cleared lent slots, the retired file kept
+    /// its two lent slots at odd (being written) values forever.
+    #[test]
+    fn a_device_failing_with_lent_slots_leaves_none_being_written() {
+        let dir = tempfile::Builder::new()
+            .prefix("edgeplex-supervise-")
+            .tempdir_in("/dev/shm")
+            .expect("tmpfs dir");
+        let path = dir.path().join("cam.ring");
+        let shutdown = Shutdown::default();
+        // Hold the first file open (a reader's view) so it can be checked after it is retired.
+        let watcher = {
+            let sd = shutdown.clone();
+            let path = path.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2000 {
+                    if let Ok(f) = std::fs::File::open(&path) {
+                        return Some(f);
+                    }
+                    if sd.requested() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                None
+            })
+        };
+        let target = RingTarget {
+            path: path.clone(),
+            options: CreateOptions::default(),
+            dir: None,
+        };
+        let health = StreamHealth::new("cam", "camera", kinds::DeviceClass::Camera);
+        let opener = Lending {
+            opens: 0,
+            shutdown: shutdown.clone(),
+        };
+        supervise(
+            opener,
+            &target,
+            &health,
+            &shutdown,
+            Backoff::new(Duration::from_millis(200), Duration::from_millis(200)),
+        );
+        let old = watcher.join().expect("watcher").expect("first ring file");
+        let old_path = {
+            use std::os::fd::AsRawFd;
+            PathBuf::from(format!("/proc/self/fd/{}", old.as_raw_fd()))
+        };
+        let retired = crate::ring::inspect(&old_path).expect("inspect the retired file");
+        assert!(
+            retired.retired,
+            "the geometry change retired the first file"
+        );
+        assert_eq!(retired.head, 1);
+        let words = seq_words(&old);
+        assert!(
+            words.iter().all(|w| w % 2 == 0),
+            "retired file: a slot left marked as being written: {words:?}"
+        );
+        let now = crate::ring::inspect(&path).expect("inspect");
+        assert_eq!(now.geometry.slot_size, 8192);
+        assert_eq!(now.geometry.base_seq, 1, "numbering continues");
+        assert_eq!(now.head, 2);
+        assert_eq!(now.epoch, retired.epoch + 1);
+        let words = seq_words(&std::fs::File::open(&path).expect("open"));
+        assert!(
+            words.iter().all(|w| w % 2 == 0),
+            "the ring after a clean stop: {words:?}"
+        );
+    }
 
     #[test]
     fn backoff_doubles_to_a_cap_and_resets() {

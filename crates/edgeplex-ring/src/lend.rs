@@ -141,6 +141,24 @@ impl Lender {
         Some(s)
     }
 
+    /// The payload area of the oldest lent slot of `w`, for a writer whose CPU stands in for the
+    /// device and fills the slot itself (`edgeplex bench` measures the zero-copy path this way).
+    /// `None` if nothing of `w` is lent.
+    ///
+    /// Never use it on a slot whose address was handed to a device: the device may be writing
+    /// it, and whoever handed it over promised (in an `unsafe` contract) that nothing in this
+    /// process touches it.
+    pub fn oldest_mut<'w>(&self, w: &'w mut Writer) -> Option<&'w mut [u8]> {
+        let ours = self
+            .count
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &w.lent.0));
+        let s = self.lent.front().filter(|_| ours)?;
+        let slot = s.n % u64::from(w.geometry.slot_count);
+        let (at, len) = (w.geometry.payload_at(slot), w.geometry.slot_size);
+        Some(w.mem.bytes_mut(at, len))
+    }
+
     /// Publish the oldest lent slot as the next message, with the first `len` bytes (at most the
     /// slot size) and `meta`; wakes readers. Returns its message number, or `None` if nothing of
     /// `w` is lent.

@@ -380,9 +380,10 @@ impl CaptureQueue {
                 "no buffer is queued: give frames back with requeue before waiting for the next",
             ));
         }
-        if let Some(f) = self.try_dqbuf()? {
-            return Ok(Some(f));
-        }
+        // Poll first: a capture loop that keeps up with the driver finds no frame waiting when it
+        // comes back, so a VIDIOC_DQBUF before the poll would fail with EAGAIN every frame, a
+        // wasted system call (costly where system calls are, as under emulation). A frame
+        // already waiting makes the poll return at once.
         // Round up, so that a short wait is not a busy loop.
         let ms = timeout.as_micros().div_ceil(1000).min(c_int::MAX as u128) as c_int;
         let mut pfd = libc::pollfd {

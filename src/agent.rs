@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, ConfigError};
 use crate::ring::{self, CreateOptions};
 use crate::shutdown::Shutdown;
-use crate::source::{Backoff, HealthSnapshot, RingTarget, StreamHealth};
+use crate::source::{Backoff, HealthSnapshot, RingTarget, StreamHealth, StreamSet};
 
 /// Why the agent could not start (configuration errors aside, which are [`ConfigError`]s).
 #[derive(Debug, thiserror::Error)]
@@ -216,9 +216,13 @@ pub fn run(
     let power =
         crate::power::watch::spawn(config.power.clone(), &shutdown).map_err(AgentError::Power)?;
     let registry = crate::metrics::new_registry()?;
+    // Configured streams now; discovered ones join and leave while the agent runs. Metrics,
+    // node publisher and device plugin all follow this one set.
+    let set = StreamSet::new(agent.streams.clone());
     let metrics = match config.metrics.listen.addr() {
         None => None,
-        Some(addr) => match serve_metrics(addr, &registry, &agent.streams, &power, &shutdown) {
+        Some(addr) => match serve_metrics(addr, &registry, &set, &agent.streams, &power, &shutdown)
+        {
             Ok(bound) => {
                 tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
                 Some(bound)
@@ -231,7 +235,10 @@ pub fn run(
         },
     };
     // Kubernetes runs on its own thread and runtime; an API-server outage never reaches capture.
-    let inputs = crate::node::Inputs::new(agent.streams.clone()).with_power(power.subscribe());
+    let inputs = {
+        let set = set.clone();
+        crate::node::Inputs::from_fn(move || set.snapshots()).with_power(power.subscribe())
+    };
     let publisher = crate::node::start(
         &config.kube,
         config.node.clone(),
@@ -240,12 +247,8 @@ pub fn run(
         &shutdown,
     )?;
     // The device plugin too: the kubelet never reaches capture.
-    let plugin = crate::deviceplugin::start(
-        &config.device_plugin,
-        &config.ring.dir,
-        agent.streams.clone(),
-        &shutdown,
-    )?;
+    let plugin =
+        crate::deviceplugin::follow(&config.device_plugin, &config.ring.dir, &set, &shutdown)?;
     agent.start_streams(config, ring_dir)?;
     tracing::info!(
         ring_dir = %config.ring.dir.display(),
@@ -279,19 +282,21 @@ pub fn ring_path(dir: &Path, name: &str) -> PathBuf {
     ring::ring_path(dir, name)
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` for `streams` on `addr`, on the endpoint's own
-/// thread. Returns the bound address.
+/// Serve `/metrics` for the streams of `set`, and `/healthz` and `/readyz` (ready when every
+/// one of `configured` is up: a discovered device that is absent never makes the agent
+/// unready) on `addr`, on the endpoint's own thread. Returns the bound address.
 pub fn serve_metrics(
     addr: SocketAddr,
     registry: &prometheus::Registry,
-    streams: &[StreamHealth],
+    set: &StreamSet,
+    configured: &[StreamHealth],
     power: &crate::power::watch::PowerState,
     shutdown: &Shutdown,
 ) -> Result<SocketAddr, AgentError> {
     let registry = registry.clone();
-    let exporter = crate::metrics::StreamExporter::register(&registry, streams.to_vec())?;
+    let exporter = crate::metrics::StreamExporter::register(&registry, set.clone())?;
     let power = crate::metrics::PowerExporter::register(&registry, power.clone())?;
-    let ready_streams = streams.to_vec();
+    let ready_streams = configured.to_vec();
     let endpoint = crate::http::Endpoint {
         registry,
         refresh: Box::new(move || {

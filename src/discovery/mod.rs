@@ -1,0 +1,3 @@
+//! Discovery: devices found by rules, and followed while the agent runs.
+
+pub mod watch;

@@ -55,6 +55,8 @@ pub struct Config {
     pub device_plugin: crate::deviceplugin::DevicePluginSettings,
     /// The failover controller (`edgeplex failover`).
     pub failover: crate::failover::FailoverSettings,
+    /// Device discovery: rules that turn cameras and serial ports into streams.
+    pub discovery: crate::discovery::DiscoverySettings,
     /// Streams by name.
     #[serde(rename = "stream")]
     pub streams: BTreeMap<String, StreamConfig>,
@@ -309,6 +311,7 @@ const SECTIONS: &[&str] = &[
     "node",
     "device_plugin",
     "failover",
+    "discovery",
     "stream",
 ];
 
@@ -334,6 +337,10 @@ impl Config {
             node: section(&mut table, "node")?,
             device_plugin: section(&mut table, "device_plugin")?,
             failover: section(&mut table, "failover")?,
+            discovery: match table.remove("discovery") {
+                None => Default::default(),
+                Some(v) => crate::discovery::DiscoverySettings::from_value(v, "discovery")?,
+            },
             streams: streams_raw
                 .into_iter()
                 .map(|(name, value)| {
@@ -467,6 +474,7 @@ pub fn schema_keys() -> Vec<String> {
         "failover",
         known_keys::<crate::failover::FailoverSettings>(Table::new()),
     );
+    add("discovery", crate::discovery::DiscoverySettings::keys());
     for kind in StreamConfig::TYPES {
         add(&format!("stream.{kind}"), StreamConfig::keys(kind));
     }

@@ -1,0 +1,1 @@
+//! The rule engine over fixture trees of `/sys` and `/dev`.

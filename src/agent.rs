@@ -55,6 +55,9 @@ pub enum AgentError {
     /// The device plugin could not start.
     #[error(transparent)]
     DevicePlugin(#[from] crate::deviceplugin::DevicePluginError),
+    /// Discovery could not start (the device root cannot be watched).
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::live::LiveError),
 }
 
 impl AgentError {
@@ -249,10 +252,12 @@ pub fn run(
     // The device plugin too: the kubelet never reaches capture.
     let plugin =
         crate::deviceplugin::follow(&config.device_plugin, &config.ring.dir, &set, &shutdown)?;
-    agent.start_streams(config, ring_dir)?;
+    agent.start_streams(config, ring_dir.clone())?;
+    let discovery = start_discovery(config, &set, ring_dir, &registry, &shutdown)?;
     tracing::info!(
         ring_dir = %config.ring.dir.display(),
         streams = agent.streams.len(),
+        discovered = set.len() - agent.streams.len(),
         version = env!("CARGO_PKG_VERSION"),
         "agent running"
     );
@@ -268,6 +273,9 @@ pub fn run(
     }
     let streams = agent.streams.clone();
     agent.drain();
+    if let Some(d) = discovery {
+        d.join();
+    }
     if let Some(p) = publisher {
         p.join();
     }
@@ -275,6 +283,38 @@ pub fn run(
         p.join();
     }
     Ok(streams.iter().map(StreamHealth::snapshot).collect())
+}
+
+/// Start the discovery loop when `[discovery]` has rules: it adds discovered streams to `set`
+/// and removes them. `None` without rules (nothing is watched).
+fn start_discovery(
+    config: &Config,
+    set: &StreamSet,
+    (dir, options): (std::sync::Arc<ring::RingDir>, CreateOptions),
+    registry: &prometheus::Registry,
+    shutdown: &Shutdown,
+) -> Result<Option<crate::discovery::live::Discovery>, AgentError> {
+    use crate::discovery::live;
+    if config.discovery.rules.is_empty() {
+        return Ok(None);
+    }
+    let live = live::Live {
+        roots: crate::discovery::Roots::default(),
+        caps: Box::new(crate::discovery::V4l2Caps),
+        settings: config.discovery.clone(),
+        explicit: config.streams.clone(),
+        set: set.clone(),
+        ring_dir: dir,
+        ring_path: config.ring.dir.clone(),
+        ring_options: options,
+        backoff: Backoff::new(
+            Duration::from_secs_f64(config.agent.retry_initial_secs),
+            Duration::from_secs_f64(config.agent.retry_max_secs),
+        ),
+        drain: Duration::from_secs_f64(config.agent.grace_period_secs),
+        metrics: Some(live::LiveMetrics::register(registry)?),
+    };
+    Ok(Some(live::start(live, shutdown)?))
 }
 
 /// The ring path of stream `name` under `dir`: `<dir>/<name>/<name>.ring`.

@@ -15,6 +15,7 @@
 //! This module never opens a device for streaming, never watches for events and never starts a
 //! stream: the agent's discovery loop does, on top of it.
 
+pub mod live;
 mod plan;
 mod report;
 mod rules;

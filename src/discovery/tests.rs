@@ -823,3 +823,38 @@ fn templates_never_panic_on_any_text() {
         }
     });
 }
+
+#[test]
+fn metrics_show_the_plan() {
+    let mut m = Machine::new();
+    m.uvc(0, &C920);
+    m.tree.placeholder_serial("ttyS3");
+    let rules =
+        format!("{CAMS}\n[discovery.rule.unused]\nkind = \"serial\"\nname = \"{{node}}\"\n");
+    let config = config(&rules);
+    let registry = crate::metrics::new_registry().unwrap();
+    let metrics = crate::metrics::DiscoveryMetrics::register(&registry).unwrap();
+    metrics.observe(&config.discovery, &plan(&config.discovery, &m.scan(), &[]));
+    metrics.event("add");
+    let text = crate::metrics::encode(&registry);
+    for line in [
+        "edgeplex_discovery_devices{kind=\"camera\",state=\"stream\"} 1",
+        "edgeplex_discovery_devices{kind=\"camera\",state=\"not_capture\"} 1",
+        "edgeplex_discovery_devices{kind=\"serial\",state=\"no_uart\"} 1",
+        "edgeplex_discovery_rule_streams{rule=\"cams\"} 1",
+        "edgeplex_discovery_rule_streams{rule=\"unused\"} 0",
+        "edgeplex_discovery_events_total{action=\"add\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    // The camera leaves: its states go, the rule shows 0.
+    m.tree.remove("video0");
+    m.tree.remove("video1");
+    metrics.observe(&config.discovery, &plan(&config.discovery, &m.scan(), &[]));
+    let text = crate::metrics::encode(&registry);
+    assert!(!text.contains("kind=\"camera\""), "{text}");
+    assert!(
+        text.contains("edgeplex_discovery_rule_streams{rule=\"cams\"} 0"),
+        "{text}"
+    );
+}

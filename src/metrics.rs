@@ -340,6 +340,102 @@ impl PowerExporter {
     }
 }
 
+/// Discovery metrics: what the last plan made of the machine's devices, and the device events
+/// the discovery loop saw. The loop calls [`DiscoveryMetrics::observe`] after each plan and
+/// [`DiscoveryMetrics::event`] for each device event.
+///
+/// - `edgeplex_discovery_devices{kind,state}`: candidate nodes by kind (`camera`, `serial`) and
+///   state: `stream` when a rule made a stream of it, else the reason code
+///   ([`crate::discovery::Reason::code`]: `not_capture`, `no_rule`, `collision`, ...);
+/// - `edgeplex_discovery_rule_streams{rule}`: streams each configured rule makes now (0 for a
+///   rule that matches nothing);
+/// - `edgeplex_discovery_events_total{action}`: device events (`add`, `remove`, `change`).
+#[derive(Debug)]
+pub struct DiscoveryMetrics {
+    devices: IntGaugeVec,
+    rule_streams: IntGaugeVec,
+    events: IntCounterVec,
+    shown: Mutex<Vec<[String; 2]>>,
+}
+
+impl DiscoveryMetrics {
+    /// Register the discovery metrics into `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<DiscoveryMetrics> {
+        let devices = IntGaugeVec::new(
+            Opts::new(
+                "edgeplex_discovery_devices",
+                "Camera and serial device nodes by kind and state: stream, or why not taken.",
+            ),
+            &["kind", "state"],
+        )?;
+        let rule_streams = IntGaugeVec::new(
+            Opts::new(
+                "edgeplex_discovery_rule_streams",
+                "Streams each discovery rule makes now.",
+            ),
+            &["rule"],
+        )?;
+        let events = IntCounterVec::new(
+            Opts::new(
+                "edgeplex_discovery_events_total",
+                "Device events discovery acted on, by action.",
+            ),
+            &["action"],
+        )?;
+        registry.register(Box::new(devices.clone()))?;
+        registry.register(Box::new(rule_streams.clone()))?;
+        registry.register(Box::new(events.clone()))?;
+        Ok(DiscoveryMetrics {
+            devices,
+            rule_streams,
+            events,
+            shown: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Show what `outcomes` (a plan under `settings`) say: every rule of `settings` appears, and
+    /// a `{kind,state}` pair no node is in any more goes away.
+    pub fn observe(
+        &self,
+        settings: &crate::discovery::DiscoverySettings,
+        outcomes: &[crate::discovery::Outcome],
+    ) {
+        use crate::discovery::Outcome;
+        let mut devices: HashMap<[String; 2], i64> = HashMap::new();
+        let mut rules: HashMap<&str, i64> =
+            settings.rules.keys().map(|r| (r.as_str(), 0)).collect();
+        for o in outcomes {
+            let state = match o {
+                Outcome::Stream(p) => {
+                    *rules.entry(p.rule.as_str()).or_default() += 1;
+                    "stream"
+                }
+                Outcome::NotTaken { reason, .. } => reason.code(),
+            };
+            *devices
+                .entry([o.class().to_owned(), state.to_owned()])
+                .or_default() += 1;
+        }
+        let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
+        for old in shown.iter().filter(|k| !devices.contains_key(*k)) {
+            let _ = self.devices.remove_label_values(&[&old[0], &old[1]]);
+        }
+        for (k, n) in &devices {
+            self.devices.with_label_values(&[&k[0], &k[1]]).set(*n);
+        }
+        *shown = devices.into_keys().collect();
+        self.rule_streams.reset();
+        for (rule, n) in rules {
+            self.rule_streams.with_label_values(&[rule]).set(n);
+        }
+    }
+
+    /// Count one device event (`add`, `remove`, `change`).
+    pub fn event(&self, action: &str) {
+        self.events.with_label_values(&[action]).inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -235,7 +235,9 @@ fn a_node_that_is_no_rules_device_is_left_alone() {
     std::fs::write(f.roots.dev.join("sda"), b"").unwrap();
     let dev = Device::new();
     f.plug(&dev.slave);
-    wait_for("the discovered stream", WAIT, || set.get("gps-fx-0"));
+    wait_for("the discovered stream to be up", WAIT, || {
+        set.get("gps-fx-0").filter(|h| h.is_up())
+    });
     assert_eq!(names(&set), ["gps-fx-0"]);
     shutdown.trigger();
     discovery.join();

@@ -288,7 +288,7 @@ impl State {
     fn change(&mut self, change: Change) {
         match change {
             Change::Rescan => self.rescan(),
-            Change::Node(name) => {
+            Change::Node(name) | Change::Changed(name) => {
                 let Some(name) = name.to_str() else { return };
                 self.probe(name, None);
             }
@@ -364,7 +364,7 @@ impl State {
         let probes: Vec<Probe> = self.probes.values().cloned().collect();
         let outcomes = plan(&self.live.settings, &probes, &claims);
         if let Some(m) = &self.live.metrics {
-            m.observe(&outcomes);
+            m.observe(&self.live.settings, &outcomes);
         }
         let mut wanted: BTreeMap<String, Planned> = BTreeMap::new();
         for o in outcomes {
@@ -528,100 +528,37 @@ async fn join_within(
     Ok(())
 }
 
-/// The discovery loop's metrics, registered into the agent's registry.
-#[derive(Debug, Clone)]
+/// The discovery loop's metrics: the rule engine's ([`crate::metrics::DiscoveryMetrics`]) plus
+/// `edgeplex_discovery_streams{state}`, discovered streams running or down in their grace
+/// period (`gone`).
+#[derive(Debug)]
 pub struct LiveMetrics {
-    devices: prometheus::IntGaugeVec,
-    matches: prometheus::IntGaugeVec,
-    not_taken: prometheus::IntGaugeVec,
+    plan: crate::metrics::DiscoveryMetrics,
     streams: prometheus::IntGaugeVec,
-    events: prometheus::IntCounterVec,
 }
 
 impl LiveMetrics {
     /// Register into `registry`.
     pub fn register(registry: &prometheus::Registry) -> prometheus::Result<LiveMetrics> {
-        use prometheus::{IntCounterVec, IntGaugeVec, Opts};
-        let gauge = |name: &str, help: &str, label: &str| -> prometheus::Result<IntGaugeVec> {
-            let g = IntGaugeVec::new(Opts::new(name, help), &[label])?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let events = IntCounterVec::new(
-            Opts::new(
-                "edgeplex_discovery_events_total",
-                "Device events seen: a node arrived or changed (node), left (removed), or everything was looked at again (rescan).",
-            ),
-            &["event"],
-        )?;
-        registry.register(Box::new(events.clone()))?;
-        let m = LiveMetrics {
-            devices: gauge(
-                "edgeplex_discovery_devices",
-                "Camera and serial devices discovery sees now, by kind.",
-                "kind",
-            )?,
-            matches: gauge(
-                "edgeplex_discovery_rule_matches",
-                "Devices each discovery rule takes now (streams it makes).",
-                "rule",
-            )?,
-            not_taken: gauge(
-                "edgeplex_discovery_not_taken",
-                "Candidate nodes not made streams now, by reason.",
-                "reason",
-            )?,
-            streams: gauge(
+        let streams = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
                 "edgeplex_discovery_streams",
                 "Discovered streams: running, or down in their grace period (gone).",
-                "state",
-            )?,
-            events,
-        };
-        for kind in [super::Kind::Camera, super::Kind::Serial] {
-            m.devices.with_label_values(&[kind.as_str()]).set(0);
-        }
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(streams.clone()))?;
         for state in ["running", "gone"] {
-            m.streams.with_label_values(&[state]).set(0);
+            streams.with_label_values(&[state]).set(0);
         }
-        for event in ["node", "removed", "rescan"] {
-            m.events.with_label_values(&[event]);
-        }
-        Ok(m)
+        Ok(LiveMetrics {
+            plan: crate::metrics::DiscoveryMetrics::register(registry)?,
+            streams,
+        })
     }
 
-    fn observe(&self, outcomes: &[Outcome]) {
-        let mut devices: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut rules: BTreeMap<String, i64> = BTreeMap::new();
-        let mut reasons: BTreeMap<&str, i64> = BTreeMap::new();
-        for o in outcomes {
-            match o {
-                Outcome::Stream(p) => {
-                    *devices.entry(p.device.kind.as_str()).or_default() += 1;
-                    *rules.entry(p.rule.clone()).or_default() += 1;
-                }
-                Outcome::NotTaken { device, reason, .. } => {
-                    if let Some(d) = device {
-                        *devices.entry(d.kind.as_str()).or_default() += 1;
-                    }
-                    *reasons.entry(reason.code()).or_default() += 1;
-                }
-            }
-        }
-        for kind in [super::Kind::Camera, super::Kind::Serial] {
-            let k = kind.as_str();
-            self.devices
-                .with_label_values(&[k])
-                .set(devices.get(k).copied().unwrap_or(0));
-        }
-        self.matches.reset();
-        for (rule, n) in rules {
-            self.matches.with_label_values(&[&rule]).set(n);
-        }
-        self.not_taken.reset();
-        for (reason, n) in reasons {
-            self.not_taken.with_label_values(&[reason]).set(n);
-        }
+    fn observe(&self, settings: &DiscoverySettings, outcomes: &[Outcome]) {
+        self.plan.observe(settings, outcomes);
     }
 
     fn streams(&self, running: usize, gone: usize) {
@@ -632,11 +569,10 @@ impl LiveMetrics {
     }
 
     fn event(&self, change: &Change) {
-        let e = match change {
-            Change::Node(_) => "node",
-            Change::Removed(_) => "removed",
-            Change::Rescan => "rescan",
-        };
-        self.events.with_label_values(&[e]).inc();
+        self.plan.event(match change {
+            Change::Node(_) => "add",
+            Change::Removed(_) => "remove",
+            Change::Changed(_) | Change::Rescan => "change",
+        });
     }
 }

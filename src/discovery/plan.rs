@@ -340,6 +340,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// `camera` for a V4L2 node, `serial` for a tty (by its name, whether or not it was taken).
+    pub fn class(&self) -> &'static str {
+        let name = match self {
+            Outcome::Stream(p) => &p.device.name,
+            Outcome::NotTaken { name, .. } => name,
+        };
+        if name.starts_with("video") {
+            "camera"
+        } else {
+            "serial"
+        }
+    }
+
     /// The node's path.
     pub fn devnode(&self) -> &Path {
         match self {

@@ -78,7 +78,8 @@ pub fn devices_command(args: &DevicesArgs, config: &Config) -> Result<String, De
     })
 }
 
-/// One JSON object per line per node: `node`, `devnode`, `device` (when probed), and either
+/// One JSON object per line per node: `node`, `kind` (`camera` for a V4L2 node, `serial` for a
+/// tty), `devnode`, `device` (when probed), and either
 /// `stream` (`name`, `rule`, `type`, `path`) or `not_taken` (`reason`, `rule`, `message`).
 pub fn render_json(outcomes: &[Outcome]) -> String {
     let mut out = String::new();
@@ -86,6 +87,7 @@ pub fn render_json(outcomes: &[Outcome]) -> String {
         let v = match o {
             Outcome::Stream(p) => serde_json::json!({
                 "node": p.device.name,
+                "kind": o.class(),
                 "devnode": p.device.devnode,
                 "device": p.device,
                 "stream": {
@@ -102,6 +104,7 @@ pub fn render_json(outcomes: &[Outcome]) -> String {
                 reason,
             } => serde_json::json!({
                 "node": name,
+                "kind": o.class(),
                 "devnode": devnode,
                 "device": device,
                 "not_taken": reason,
@@ -148,9 +151,7 @@ pub fn render_text(outcomes: &[Outcome], no_rules: bool) -> String {
         let text = |s: Option<&String>| s.map(|s| one_line(s)).unwrap_or_else(dash);
         rows.push([
             one_line(name),
-            device
-                .map(|d| d.kind.as_str().to_owned())
-                .unwrap_or_else(dash),
+            o.class().to_owned(),
             text(device.and_then(|d| d.driver.as_ref())),
             device
                 .and_then(|d| Some(format!("{}:{}", d.vendor.as_ref()?, d.product.as_deref()?)))

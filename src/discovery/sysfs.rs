@@ -14,6 +14,7 @@
 //! [`Reason`], never a panic: sysfs is outside input as far as this code is concerned.
 
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{CapsProbe, Device, Kind, Probe, Reason, Roots};
@@ -271,7 +272,12 @@ fn link_name(link: &Path) -> Result<Option<String>, Reason> {
 /// A sysfs attribute, trimmed; `None` when the file does not exist or is empty. At most
 /// [`MAX_ATTR`] bytes are read; bytes that are not UTF-8 are replaced.
 fn attr(path: &Path) -> Result<Option<String>, Reason> {
-    let file = match std::fs::File::open(path) {
+    // Non-blocking: a FIFO where an attribute should be (a hostile tree) must not hang the scan.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {

@@ -34,9 +34,10 @@ pub const LINK_DIRS: &[&str] = &[
 /// One thing that changed under the device root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// A node appeared, or its owner or mode changed (udev fixing permissions): look at it
-    /// again. The name is relative to the device root (`video0`, `ttyS1`).
+    /// A node appeared. The name is relative to the device root (`video0`, `ttyS1`).
     Node(OsString),
+    /// A node's owner or mode changed (udev fixing permissions): look at it again.
+    Changed(OsString),
     /// A node left.
     Removed(OsString),
     /// A stable name appeared, changed or left, a watched directory came or went, or events
@@ -169,8 +170,10 @@ impl DevWatch {
         }
         if !dir.is_empty() {
             out.push(Change::Rescan);
-        } else if arrived || mask.contains(EventMask::ATTRIB) {
+        } else if arrived {
             out.push(Change::Node(name.to_owned()));
+        } else if mask.contains(EventMask::ATTRIB) {
+            out.push(Change::Changed(name.to_owned()));
         } else if mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
             out.push(Change::Removed(name.to_owned()));
         }
@@ -222,7 +225,7 @@ mod tests {
                 std::fs::Permissions::from_mode(0o660),
             )
             .unwrap();
-            assert_eq!(next(&mut w).await, [Change::Node("ttyS1".into())]);
+            assert_eq!(next(&mut w).await, [Change::Changed("ttyS1".into())]);
             // A subdirectory that is not a stable-name directory is ignored, as is what is in it.
             std::fs::create_dir(dev.path().join("shm")).unwrap();
             std::fs::write(dev.path().join("shm/x"), b"").unwrap();

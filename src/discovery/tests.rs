@@ -858,3 +858,26 @@ fn metrics_show_the_plan() {
         "{text}"
     );
 }
+
+/// The rules docs/discovery.md shows load, and do what the page says with its cameras.
+#[test]
+fn the_documented_rules_load() {
+    let doc = include_str!("../../docs/discovery.md");
+    let block = doc
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a toml block");
+    let c = config(block);
+    assert_eq!(c.discovery.rules.len(), 2);
+    let mut m = Machine::new();
+    m.uvc(
+        0,
+        &Usb {
+            serial: None,
+            ..C920
+        },
+    );
+    let out = plan(&c.discovery, &m.scan(), &[]);
+    assert_eq!(stream(&out, "video0").name, "cam-1-1");
+}

@@ -593,6 +593,7 @@ fn templates_are_sanitised_into_stream_names() {
         ("{vendor}:{product}", Some("046d-082d")),
         ("--{node}--", Some("video0")),
         ("{kind}-{index}-{driver}", Some("camera-0-uvcvideo")),
+        ("{label}", Some("hd-pro-webcam-c920")),
     ];
     // é is not a-z: it becomes '-' and a trailing '-' goes.
     let cases = cases.map(|(t, n)| (t, n.map(|n| n.replace('\u{e9}', ""))));

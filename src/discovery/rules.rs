@@ -26,6 +26,7 @@ pub const RULE_KEYS: &[&str] = &[
 /// The fields a name template can use, as `{field}`.
 pub const TEMPLATE_FIELDS: &[&str] = &[
     "serial", "port", "by_id", "by_path", "vendor", "product", "driver", "node", "index", "kind",
+    "label",
 ];
 
 /// The longest stream name (a Kubernetes label value allows 63 characters).
@@ -496,6 +497,7 @@ fn field(d: &Device, f: &str) -> Option<String> {
         "node" => Some(d.name.clone()),
         "index" => d.index.map(|i| i.to_string()),
         "kind" => Some(d.kind.as_str().to_owned()),
+        "label" => d.label.clone(),
         _ => None,
     };
     v.filter(|s| !s.trim().is_empty())

@@ -593,6 +593,7 @@ fn templates_are_sanitised_into_stream_names() {
         ("{vendor}:{product}", Some("046d-082d")),
         ("--{node}--", Some("video0")),
         ("{kind}-{index}-{driver}", Some("camera-0-uvcvideo")),
+        ("{label}", Some("hd-pro-webcam-c920")),
     ];
     // é is not a-z: it becomes '-' and a trailing '-' goes.
     let cases = cases.map(|(t, n)| (t, n.map(|n| n.replace('\u{e9}', ""))));
@@ -857,4 +858,27 @@ fn metrics_show_the_plan() {
         text.contains("edgeplex_discovery_rule_streams{rule=\"cams\"} 0"),
         "{text}"
     );
+}
+
+/// The rules docs/discovery.md shows load, and do what the page says with its cameras.
+#[test]
+fn the_documented_rules_load() {
+    let doc = include_str!("../../docs/discovery.md");
+    let block = doc
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a toml block");
+    let c = config(block);
+    assert_eq!(c.discovery.rules.len(), 2);
+    let mut m = Machine::new();
+    m.uvc(
+        0,
+        &Usb {
+            serial: None,
+            ..C920
+        },
+    );
+    let out = plan(&c.discovery, &m.scan(), &[]);
+    assert_eq!(stream(&out, "video0").name, "cam-1-1");
 }

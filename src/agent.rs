@@ -299,7 +299,7 @@ fn start_discovery(
         return Ok(None);
     }
     let live = live::Live {
-        roots: crate::discovery::Roots::default(),
+        roots: config.discovery.roots(),
         caps: Box::new(crate::discovery::V4l2Caps),
         settings: config.discovery.clone(),
         explicit: config.streams.clone(),

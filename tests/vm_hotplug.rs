@@ -6,6 +6,10 @@
 //! engine refuses: the camera rule names streams by node, which the guest numbers the same way
 //! on every load).
 //!
+//! The agent watches `/dev` bind-mounted at `/host/dev` (`discovery.dev`), as the DaemonSet
+//! mounts the host's `/dev`: inotify on a bind mount of devtmpfs sees the nodes the kernel
+//! creates and removes.
+//!
 //! One boot, three scenes:
 //!
 //! 1. `modprobe vivid n_devs=2 node_types=0x1,0x20101`: four video nodes, two of them video
@@ -58,21 +62,24 @@ wait_no_metric() { # wait_no_metric SECONDS PATTERN: until no line of /metrics m
 now() { cut -d' ' -f1 /proc/uptime; }
 R=/dev/shm/rings
 mkdir -p $R
+# As in the DaemonSet: the agent watches the host's /dev bind-mounted elsewhere (/host/dev).
+mkdir -p /host/dev
+mount --bind /dev /host/dev
 printf '%s\n' \
   '[ring]' "dir = \"$R\"" \
   '[metrics]' 'listen = "127.0.0.1:9464"' \
   '[agent]' 'retry_initial_secs = 5' 'retry_max_secs = 5' \
-  '[discovery]' 'grace_secs = 4' \
+  '[discovery]' 'grace_secs = 4' 'dev = "/host/dev"' \
   '[discovery.rule.cams]' 'kind = "camera"' 'driver = "vivid"' 'name = "cam-{node}"' \
   'width = 640' 'height = 480' 'format = "YUYV"' 'fps = 30' 'slot_count = 8' 'stall_timeout_secs = 3' \
   '[discovery.rule.uarts]' 'kind = "serial"' 'driver = "serial"' 'name = "uart-{port}"' 'baud = 115200' \
-  '[stream.gps0]' 'type = "serial"' 'device = "/dev/ttyS1"' 'baud = 115200' > /tmp/edgeplex.toml
+  '[stream.gps0]' 'type = "serial"' 'device = "/host/dev/ttyS1"' 'baud = 115200' > /tmp/edgeplex.toml
 ls /dev/video* 2>/dev/null && fail "a camera before the test plugged one in"
 edgeplex run --config /tmp/edgeplex.toml > /tmp/agent.log 2>&1 &
 agent=$!
 wait_metric 60 '^edgeplex_source_up{stream="gps0"}' || fail "agent not serving metrics"
 metrics | grep -q 'stream="cam-' && fail "camera streams before any camera"
-edgeplex devices --config /tmp/edgeplex.toml | sed 's/^/DEVICES0: /'
+edgeplex devices --config /tmp/edgeplex.toml --dev /host/dev | sed 's/^/DEVICES0: /'
 
 # --- 1. two vivid instances, one with output and metadata nodes -------------------------------
 t0=$(now)
@@ -91,7 +98,7 @@ done
 ls /dev/video* | tr '\n' ' ' | sed 's/^/NODES: /'; echo
 for v in /sys/class/video4linux/video*; do echo "NODE: $(basename $v) $(cat $v/name) $(basename $(readlink $v/device))"; done
 ls $R | sed 's/^/RINGS1: /'
-edgeplex devices --config /tmp/edgeplex.toml | sed 's/^/DEVICES1: /'
+edgeplex devices --config /tmp/edgeplex.toml --dev /host/dev | sed 's/^/DEVICES1: /'
 wait_metric 10 '^edgeplex_discovery_streams{state="running"} 2' || fail "discovery_streams running != 2"
 metrics | grep -E '^edgeplex_(source_up|discovery)' | sed 's/^/METRICS1: /'
 ino0=$(stat -c %i $R/cam-video0/cam-video0.ring)
@@ -143,7 +150,7 @@ echo "UART: down"
 wait_no_metric 30 "stream=\"$U\"" || fail "the UART stream still exported after the grace period"
 echo "UART: gone"
 metrics | grep -E '^edgeplex_(source_up|discovery)' | sed 's/^/METRICS-END: /'
-grep -E 'discovered|device left|grace period|no longer' /tmp/agent.log | sed 's/^/LOG: /'
+grep -E 'discovered|device left|grace period|no longer|stream up|camera open' /tmp/agent.log | sed 's/^/LOG: /'
 kill $agent
 wait $agent || true
 "##;

@@ -576,3 +576,41 @@ impl LiveMetrics {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_roots_are_settings_and_must_be_absolute() {
+        let parse =
+            |text: &str| DiscoverySettings::from_value(toml::from_str(text).unwrap(), "discovery");
+        let d = parse("").unwrap();
+        assert_eq!(d.roots(), Roots::default());
+        let d = parse("dev = \"/host/dev\"\nsys = \"/host/sys\"").unwrap();
+        assert_eq!(d.roots().dev, Path::new("/host/dev"));
+        assert_eq!(d.roots().sys, Path::new("/host/sys"));
+        let e = parse("dev = \"host/dev\"").unwrap_err().to_string();
+        assert!(
+            e.contains("discovery.dev = \"host/dev\" must be an absolute path"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_probes_that_a_moment_can_fix_are_retried() {
+        let probe = |result| Probe {
+            name: "video0".into(),
+            devnode: "/dev/video0".into(),
+            result,
+        };
+        assert!(may_settle(&probe(Err(Reason::CapsUnreadable(
+            "ENODEV".into()
+        )))));
+        assert!(may_settle(&probe(Err(Reason::NoDeviceNode))));
+        assert!(!may_settle(&probe(Err(Reason::NotCapture {
+            device_caps: 0
+        }))));
+        assert!(!may_settle(&probe(Err(Reason::NoRule))));
+    }
+}

@@ -42,6 +42,11 @@ pub struct DiscoverySettings {
     pub grace_secs: f64,
     /// The rules by name; a device is taken by the first rule, in name order, that matches it.
     pub rules: BTreeMap<String, Rule>,
+    /// Where the agent watches for device nodes: `/dev`, or where the host's `/dev` is mounted
+    /// in a container (`/host/dev` in the DaemonSet).
+    pub dev: std::path::PathBuf,
+    /// Where sysfs is mounted.
+    pub sys: std::path::PathBuf,
 }
 
 impl Default for DiscoverySettings {
@@ -50,6 +55,18 @@ impl Default for DiscoverySettings {
             max_streams: 16,
             grace_secs: 30.0,
             rules: BTreeMap::new(),
+            dev: "/dev".into(),
+            sys: "/sys".into(),
+        }
+    }
+}
+
+impl DiscoverySettings {
+    /// The sysfs and device roots the agent discovers under.
+    pub fn roots(&self) -> super::Roots {
+        super::Roots {
+            sys: self.sys.clone(),
+            dev: self.dev.clone(),
         }
     }
 }
@@ -62,6 +79,18 @@ struct Base {
     max_streams: u32,
     #[serde(default = "default_grace")]
     grace_secs: f64,
+    #[serde(default = "default_dev")]
+    dev: std::path::PathBuf,
+    #[serde(default = "default_sys")]
+    sys: std::path::PathBuf,
+}
+
+fn default_dev() -> std::path::PathBuf {
+    DiscoverySettings::default().dev
+}
+
+fn default_sys() -> std::path::PathBuf {
+    DiscoverySettings::default().sys
 }
 
 fn default_max() -> u32 {
@@ -114,10 +143,20 @@ impl DiscoverySettings {
                 Ok((name, Rule::from_value(v, &p)?))
             })
             .collect::<Result<_, ConfigError>>()?;
+        for (key, dir) in [("dev", &base.dev), ("sys", &base.sys)] {
+            if !dir.is_absolute() {
+                return Err(ConfigError(format!(
+                    "{prefix}.{key} = {:?} must be an absolute path, e.g. \"/{key}\"",
+                    dir.display()
+                )));
+            }
+        }
         Ok(DiscoverySettings {
             max_streams: base.max_streams,
             grace_secs: base.grace_secs,
             rules,
+            dev: base.dev,
+            sys: base.sys,
         })
     }
 
@@ -137,6 +176,8 @@ impl Serialize for DiscoverySettings {
             Value::Integer(self.max_streams.into()),
         );
         t.insert("grace_secs".into(), Value::Float(self.grace_secs));
+        t.insert("dev".into(), Value::String(self.dev.display().to_string()));
+        t.insert("sys".into(), Value::String(self.sys.display().to_string()));
         if !self.rules.is_empty() {
             let rules = self
                 .rules

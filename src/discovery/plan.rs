@@ -156,13 +156,27 @@ impl Reason {
 }
 
 impl fmt::Display for Reason {
+    /// One line: control characters of outside text (sysfs values, node names, errors) become
+    /// `?`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Reason::Unknown(m) | Reason::CapsUnreadable(m) | Reason::Unreadable(m) => {
-                // Outside text: keep it on one line.
-                write!(f, "{}", m.replace(['\n', '\r'], " "))
-            }
-            Reason::Invalid(m) => write!(f, "{}", m.replace(['\n', '\r'], " ")),
+        let text = Text(self).to_string();
+        if text.contains(char::is_control) {
+            f.write_str(&text.replace(char::is_control, "?"))
+        } else {
+            f.write_str(&text)
+        }
+    }
+}
+
+struct Text<'a>(&'a Reason);
+
+impl fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Reason::Unknown(m)
+            | Reason::CapsUnreadable(m)
+            | Reason::Unreadable(m)
+            | Reason::Invalid(m) => f.write_str(m),
             Reason::NotVideoNode => write!(f, "not a video node (a sub-device, VBI or radio node)"),
             Reason::NotCapture { device_caps } => write!(
                 f,

@@ -410,6 +410,15 @@ fn max_streams_keeps_the_first_names() {
     let r = reason(&out, "video0");
     assert_eq!(r.code(), "max_streams");
     assert!(r.to_string().contains("cam-1-3"), "{r}");
+    // Running streams keep their places: cam-1-3 runs, a device plugged in later that sorts
+    // first (cam-1-1) does not stop it.
+    let c = config(&format!("{CAMS}\n[discovery]\nmax_streams = 2\n"));
+    let probes = m.scan();
+    let running = ["cam-1-3".to_owned(), "cam-1-2".to_owned()];
+    let out = plan_keeping(&c.discovery, &probes, &[], &running);
+    assert_eq!(stream(&out, "video0").name, "cam-1-3");
+    assert_eq!(stream(&out, "video4").name, "cam-1-2");
+    assert_eq!(reason(&out, "video2").code(), "max_streams");
     // 0 takes nothing.
     let out = m.plan(&format!("{CAMS}\n[discovery]\nmax_streams = 0\n"));
     assert!(out.iter().all(|o| matches!(o, Outcome::NotTaken { .. })));

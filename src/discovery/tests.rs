@@ -165,6 +165,13 @@ fn a_uvc_camera_is_read_like_udev_reads_it() {
             .dev()
             .join("v4l/by-path/pci-0000:00:14.0-usb-0:1:1.0-video-index0")]
     );
+    // As JSON: the device, or the reason.
+    let json = serde_json::to_value(&probes[0]).unwrap();
+    assert_eq!(json["device"]["serial"], "ABCD1234", "{json}");
+    assert_eq!(
+        serde_json::to_value(&probes[1]).unwrap()["not_taken"]["reason"],
+        "not_capture"
+    );
     // The metadata node of the same camera is seen and refused, with its capabilities.
     let meta = probes[1].result.as_ref().unwrap_err();
     assert_eq!(meta.code(), "not_capture");

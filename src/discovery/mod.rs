@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use plan::{plan, resolve_claims, Claim, Outcome, Planned, Reason};
+pub use plan::{plan, plan_keeping, resolve_claims, Claim, Outcome, Planned, Reason};
 pub use report::{devices_command, render_json, render_text, DevicesArgs, DevicesError};
 pub use rules::{DiscoverySettings, Match, Rule, Template, TEMPLATE_FIELDS};
 pub use sysfs::{probe_one, scan};

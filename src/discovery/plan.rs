@@ -13,8 +13,8 @@
 //! 5. two or more devices given the same name: **none of them** is taken
 //!    ([`Reason::Collision`]), each reported with the others, so that a name (and its ring)
 //!    never moves from one physical device to another when one of them is plugged in first;
-//! 6. at most `max_streams`: the streams are kept in name order, the rest are
-//!    [`Reason::MaxStreams`].
+//! 6. at most `max_streams`: the streams are kept in name order (with [`plan_keeping`], the
+//!    running ones first), the rest are [`Reason::MaxStreams`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -156,13 +156,27 @@ impl Reason {
 }
 
 impl fmt::Display for Reason {
+    /// One line: control characters of outside text (sysfs values, node names, errors) become
+    /// `?`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Reason::Unknown(m) | Reason::CapsUnreadable(m) | Reason::Unreadable(m) => {
-                // Outside text: keep it on one line.
-                write!(f, "{}", m.replace(['\n', '\r'], " "))
-            }
-            Reason::Invalid(m) => write!(f, "{}", m.replace(['\n', '\r'], " ")),
+        let text = Text(self).to_string();
+        if text.contains(char::is_control) {
+            f.write_str(&text.replace(char::is_control, "?"))
+        } else {
+            f.write_str(&text)
+        }
+    }
+}
+
+struct Text<'a>(&'a Reason);
+
+impl fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Reason::Unknown(m)
+            | Reason::CapsUnreadable(m)
+            | Reason::Unreadable(m)
+            | Reason::Invalid(m) => f.write_str(m),
             Reason::NotVideoNode => write!(f, "not a video node (a sub-device, VBI or radio node)"),
             Reason::NotCapture { device_caps } => write!(
                 f,
@@ -364,7 +378,20 @@ impl Outcome {
 
 /// Decide every probe's outcome under `settings`' rules and limit, leaving alone what
 /// `claims` (the explicit streams) name. One outcome per probe, in natural node-name order.
+/// Over the limit, streams are kept in name order; [`plan_keeping`] keeps running ones first.
 pub fn plan(settings: &DiscoverySettings, probes: &[Probe], claims: &[Claim]) -> Vec<Outcome> {
+    plan_keeping(settings, probes, claims, &[])
+}
+
+/// [`plan`], where the streams named in `running` (those the agent runs now, or holds during
+/// their grace period) keep their places under `discovery.max_streams` before new ones are
+/// taken in name order: a device plugged in later never stops a running stream.
+pub fn plan_keeping(
+    settings: &DiscoverySettings,
+    probes: &[Probe],
+    claims: &[Claim],
+    running: &[String],
+) -> Vec<Outcome> {
     let mut probes: Vec<&Probe> = probes.iter().collect();
     probes.sort_by(|a, b| natural(&a.name).cmp(&natural(&b.name)));
     let mut out: Vec<Outcome> = probes.iter().map(|p| decide(settings, p, claims)).collect();
@@ -396,17 +423,17 @@ pub fn plan(settings: &DiscoverySettings, probes: &[Probe], claims: &[Claim]) ->
             }
         }
     }
-    // The limit: streams in name order.
-    let mut taken: Vec<(String, usize)> = out
+    // The limit: running streams first, then in name order.
+    let mut taken: Vec<(bool, String, usize)> = out
         .iter()
         .enumerate()
         .filter_map(|(i, o)| match o {
-            Outcome::Stream(p) => Some((p.name.clone(), i)),
+            Outcome::Stream(p) => Some((!running.contains(&p.name), p.name.clone(), i)),
             _ => None,
         })
         .collect();
     taken.sort();
-    for &(_, i) in taken.iter().skip(settings.max_streams as usize) {
+    for &(_, _, i) in taken.iter().skip(settings.max_streams as usize) {
         if let Outcome::Stream(p) = &out[i] {
             let p = p.clone();
             out[i] = refuse(

@@ -165,6 +165,13 @@ fn a_uvc_camera_is_read_like_udev_reads_it() {
             .dev()
             .join("v4l/by-path/pci-0000:00:14.0-usb-0:1:1.0-video-index0")]
     );
+    // As JSON: the device, or the reason.
+    let json = serde_json::to_value(&probes[0]).unwrap();
+    assert_eq!(json["device"]["serial"], "ABCD1234", "{json}");
+    assert_eq!(
+        serde_json::to_value(&probes[1]).unwrap()["not_taken"]["reason"],
+        "not_capture"
+    );
     // The metadata node of the same camera is seen and refused, with its capabilities.
     let meta = probes[1].result.as_ref().unwrap_err();
     assert_eq!(meta.code(), "not_capture");
@@ -410,6 +417,15 @@ fn max_streams_keeps_the_first_names() {
     let r = reason(&out, "video0");
     assert_eq!(r.code(), "max_streams");
     assert!(r.to_string().contains("cam-1-3"), "{r}");
+    // Running streams keep their places: cam-1-3 runs, a device plugged in later that sorts
+    // first (cam-1-1) does not stop it.
+    let c = config(&format!("{CAMS}\n[discovery]\nmax_streams = 2\n"));
+    let probes = m.scan();
+    let running = ["cam-1-3".to_owned(), "cam-1-2".to_owned()];
+    let out = plan_keeping(&c.discovery, &probes, &[], &running);
+    assert_eq!(stream(&out, "video0").name, "cam-1-3");
+    assert_eq!(stream(&out, "video4").name, "cam-1-2");
+    assert_eq!(reason(&out, "video2").code(), "max_streams");
     // 0 takes nothing.
     let out = m.plan(&format!("{CAMS}\n[discovery]\nmax_streams = 0\n"));
     assert!(out.iter().all(|o| matches!(o, Outcome::NotTaken { .. })));
@@ -657,8 +673,15 @@ fn hostile_trees_give_reasons_not_panics() {
         m.tree.dev().join("video8"),
         Err("cannot open\nvideo8: permission denied".into()),
     );
+    // Node names with a newline in them (sysfs names are outside input too), reported in each
+    // other's collision.
+    for n in ["video\n9", "video\n10"] {
+        m.tree.platform_camera(n, "vivid.9", "vivid", 0);
+        m.caps.0.insert(m.tree.dev().join(n), Ok(CAPTURE));
+    }
     let probes = m.scan();
     let out = plan(&config(CAMS).discovery, &probes, &[]);
+    assert_eq!(reason(&out, "video\n9").code(), "collision");
     for o in &out {
         if let Outcome::NotTaken { reason, .. } = o {
             assert_eq!(reason.to_string().lines().count(), 1, "{reason}");
@@ -881,4 +904,118 @@ fn the_documented_rules_load() {
     );
     let out = plan(&c.discovery, &m.scan(), &[]);
     assert_eq!(stream(&out, "video0").name, "cam-1-1");
+}
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(prop_oneof![
+            Just("ABC".to_owned()),
+            Just("abc".to_owned()),
+            Just(" ".to_owned()),
+            Just("!!".to_owned()),
+            Just("a\nb".to_owned()),
+            "[ -~]{0,8}",
+            "\\PC{0,6}",
+        ])
+    }
+
+    prop_compose! {
+        fn device()(
+            camera in any::<bool>(),
+            n in 0u32..6,
+            driver in text(), vendor in text(), product in text(), serial in text(),
+            port in text(), label in text(),
+            id in proptest::option::of(prop_oneof![Just("usb-x"), Just("usb-y"), Just("a:b")]),
+        ) -> Probe {
+            let name = if camera { format!("video{n}") } else { format!("ttyUSB{n}") };
+            let devnode = PathBuf::from("/dev").join(&name);
+            let link = |dir: &str| id.map(|i| PathBuf::from(dir).join(i)).into_iter().collect();
+            Probe {
+                name: name.clone(),
+                devnode: devnode.clone(),
+                result: Ok(Device {
+                    name,
+                    devnode,
+                    kind: if camera { Kind::Camera } else { Kind::Serial },
+                    driver, vendor, product, serial, port,
+                    index: Some(n),
+                    label,
+                    by_id: link("/dev/v4l/by-id"),
+                    by_path: link("/dev/v4l/by-path"),
+                }),
+            }
+        }
+    }
+
+    fn rules() -> impl Strategy<Value = String> {
+        let template = prop_oneof![
+            Just("\"c-{serial}\""),
+            Just("[\"c-{serial}\", \"c-{port}\"]"),
+            Just("\"{label}\""),
+            Just("\"{by_id}\""),
+            Just("\"x\""),
+            Just("\"{driver}{vendor}{product}\""),
+            Just("[\"{node}\"]"),
+        ];
+        (
+            proptest::collection::vec(
+                (
+                    any::<bool>(),
+                    template,
+                    proptest::option::of(prop_oneof![
+                        Just("serial = \"A*\""),
+                        Just("driver = \"*\""),
+                        Just("by_id = \"usb-*\"")
+                    ]),
+                ),
+                0..4,
+            ),
+            0u32..5,
+        )
+            .prop_map(|(rules, max)| {
+                let mut s = format!("[discovery]\nmax_streams = {max}\n");
+                for (i, (camera, t, m)) in rules.into_iter().enumerate() {
+                    let kind = if camera { "camera" } else { "serial" };
+                    s += &format!(
+                        "[discovery.rule.r{i}]\nkind = \"{kind}\"\nname = {t}\n{}\n",
+                        m.unwrap_or("")
+                    );
+                }
+                s
+            })
+    }
+
+    proptest! {
+        /// Whatever the devices say and the rules ask: one outcome per node, valid and unique
+        /// stream names, at most max_streams of them, one-line reasons, the same result in any
+        /// input order.
+        #[test]
+        fn plans_are_sound(mut probes in proptest::collection::vec(device(), 0..8), rules in rules()) {
+            probes.sort_by(|a, b| a.name.cmp(&b.name));
+            probes.dedup_by(|a, b| a.name == b.name);
+            let c = config(&rules);
+            let out = plan(&c.discovery, &probes, &[]);
+            prop_assert_eq!(out.len(), probes.len());
+            let mut names = std::collections::BTreeSet::new();
+            for o in &out {
+                match o {
+                    Outcome::Stream(p) => {
+                        prop_assert!(names.insert(p.name.clone()), "{} twice", p.name);
+                        let n = p.name.as_bytes();
+                        prop_assert!(!n.is_empty() && n.len() <= 63 && n[0].is_ascii_alphanumeric());
+                        prop_assert!(n.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_'));
+                    }
+                    Outcome::NotTaken { reason, .. } => {
+                        prop_assert_eq!(reason.to_string().lines().count(), 1, "{}", reason);
+                    }
+                }
+            }
+            prop_assert!(names.len() <= c.discovery.max_streams as usize);
+            probes.reverse();
+            prop_assert_eq!(plan(&c.discovery, &probes, &[]), out);
+        }
+    }
 }

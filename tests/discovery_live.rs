@@ -33,8 +33,8 @@ use serialport::{SerialPort, TTYPort};
 const WAIT: Duration = Duration::from_secs(20);
 const GRACE_SECS: f64 = 1.5;
 
-/// A fixture sysfs with one 16550-like port `ttyFX0` of driver `fx-uart` on `platform/fx.0`,
-/// and an empty `/dev`.
+/// A fixture sysfs with two 16550-like ports `ttyFX0` and `ttyFX1` of driver `fx-uart` on
+/// `platform/fx.0` and `platform/fx.1`, and an empty `/dev`.
 struct Fixture {
     _tmp: tempfile::TempDir,
     _shm: tempfile::TempDir,
@@ -47,20 +47,22 @@ impl Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let sys = tmp.path().join("sys");
         let dev = tmp.path().join("dev");
-        let parent = sys.join("devices/platform/fx.0");
         std::fs::create_dir_all(sys.join("bus/platform/drivers/fx-uart")).unwrap();
-        std::fs::create_dir_all(parent.join("tty/ttyFX0")).unwrap();
-        std::os::unix::fs::symlink(
-            sys.join("bus/platform/drivers/fx-uart"),
-            parent.join("driver"),
-        )
-        .unwrap();
         std::fs::create_dir_all(sys.join("class/tty")).unwrap();
         std::fs::create_dir_all(sys.join("class/video4linux")).unwrap();
-        std::fs::write(parent.join("tty/ttyFX0/type"), "4\n").unwrap();
-        std::os::unix::fs::symlink(&parent, parent.join("tty/ttyFX0/device")).unwrap();
-        std::os::unix::fs::symlink(parent.join("tty/ttyFX0"), sys.join("class/tty/ttyFX0"))
+        for i in 0..2 {
+            let parent = sys.join(format!("devices/platform/fx.{i}"));
+            let tty = parent.join(format!("tty/ttyFX{i}"));
+            std::fs::create_dir_all(&tty).unwrap();
+            std::os::unix::fs::symlink(
+                sys.join("bus/platform/drivers/fx-uart"),
+                parent.join("driver"),
+            )
             .unwrap();
+            std::fs::write(tty.join("type"), "4\n").unwrap();
+            std::os::unix::fs::symlink(&parent, tty.join("device")).unwrap();
+            std::os::unix::fs::symlink(&tty, sys.join(format!("class/tty/ttyFX{i}"))).unwrap();
+        }
         std::fs::create_dir_all(&dev).unwrap();
         let shm = common::shm_dir();
         Fixture {
@@ -71,15 +73,23 @@ impl Fixture {
         }
     }
 
-    /// "Plug in": the device node appears (a symlink to the pty's slave).
+    /// "Plug in" port 0: the device node appears (a symlink to the pty's slave).
     fn plug(&self, slave: &TTYPort) {
-        let path = PathBuf::from(slave.name().expect("pty slave name"));
-        std::os::unix::fs::symlink(path, self.roots.dev.join("ttyFX0")).unwrap();
+        self.plug_port(0, slave);
     }
 
-    /// "Unplug": the device node goes.
+    fn plug_port(&self, port: u32, slave: &TTYPort) {
+        let path = PathBuf::from(slave.name().expect("pty slave name"));
+        std::os::unix::fs::symlink(path, self.roots.dev.join(format!("ttyFX{port}"))).unwrap();
+    }
+
+    /// "Unplug" port 0: the device node goes.
     fn unplug(&self) {
-        std::fs::remove_file(self.roots.dev.join("ttyFX0")).unwrap();
+        self.unplug_port(0);
+    }
+
+    fn unplug_port(&self, port: u32) {
+        std::fs::remove_file(self.roots.dev.join(format!("ttyFX{port}"))).unwrap();
     }
 
     fn ring(&self, stream: &str) -> PathBuf {
@@ -106,10 +116,11 @@ impl Device {
     }
 }
 
-fn settings() -> DiscoverySettings {
+fn settings(max_streams: u32) -> DiscoverySettings {
     let t: toml::Value = toml::from_str(&format!(
         r#"
 grace_secs = {GRACE_SECS}
+max_streams = {max_streams}
 [rule.gps]
 kind = "serial"
 driver = "fx-*"
@@ -122,11 +133,21 @@ baud = 115200
 }
 
 fn start(f: &Fixture, set: &StreamSet, shutdown: &Shutdown) -> live::Discovery {
+    start_with(f, set, shutdown, 16, None)
+}
+
+fn start_with(
+    f: &Fixture,
+    set: &StreamSet,
+    shutdown: &Shutdown,
+    max_streams: u32,
+    metrics: Option<live::LiveMetrics>,
+) -> live::Discovery {
     let dir = Arc::new(RingDir::create(&f.rings, false).unwrap());
     let live = Live {
         roots: f.roots.clone(),
         caps: Box::new(CapsTable::default()),
-        settings: settings(),
+        settings: settings(max_streams),
         explicit: BTreeMap::new(),
         set: set.clone(),
         ring_dir: dir,
@@ -134,7 +155,7 @@ fn start(f: &Fixture, set: &StreamSet, shutdown: &Shutdown) -> live::Discovery {
         ring_options: CreateOptions::default(),
         backoff: Backoff::new(Duration::from_millis(50), Duration::from_millis(200)),
         drain: Duration::from_secs(5),
-        metrics: None,
+        metrics,
     };
     live::start(live, shutdown).expect("discovery starts")
 }
@@ -242,4 +263,41 @@ fn a_node_that_is_no_rules_device_is_left_alone() {
     shutdown.trigger();
     discovery.join();
     assert!(Path::new(&f.ring("gps-fx-0")).exists());
+}
+
+/// `max_streams = 1`: a device plugged in later never pushes out the running stream, even one
+/// whose name sorts first; once the running stream's device has been gone for the grace period,
+/// the waiting device takes its place.
+#[test]
+fn a_later_device_waits_for_a_place_under_max_streams() {
+    let f = Fixture::new();
+    let set = StreamSet::new(Vec::new());
+    let shutdown = Shutdown::default();
+    let registry = prometheus::Registry::new();
+    let metrics = live::LiveMetrics::register(&registry).unwrap();
+    let discovery = start_with(&f, &set, &shutdown, 1, Some(metrics));
+    let (one, zero) = (Device::new(), Device::new());
+    f.plug_port(1, &one.slave);
+    wait_for("gps-fx-1 up", WAIT, || {
+        set.get("gps-fx-1").filter(|h| h.is_up())
+    });
+    f.plug_port(0, &zero.slave);
+    let refused = r#"edgeplex_discovery_devices{kind="serial",state="max_streams"} 1"#;
+    wait_for("gps-fx-0 refused for the limit", WAIT, || {
+        edgeplex::metrics::encode(&registry)
+            .contains(refused)
+            .then_some(())
+    });
+    assert_eq!(
+        names(&set),
+        ["gps-fx-1"],
+        "the running stream keeps its place"
+    );
+    f.unplug_port(1);
+    wait_for("gps-fx-0 takes the free place", WAIT, || {
+        set.get("gps-fx-0").filter(|h| h.is_up())
+    });
+    assert_eq!(names(&set), ["gps-fx-0"]);
+    shutdown.trigger();
+    discovery.join();
 }

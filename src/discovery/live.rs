@@ -6,8 +6,9 @@
 //! The loop runs on its own thread with its own tokio runtime. It learns of changes from
 //! [`DevWatch`] (inotify on the device root, no polling), probes the node that changed with
 //! [`probe_one`] (attributes from `/sys`; capabilities by `VIDIOC_QUERYCAP`), keeps the probes
-//! of every node it knows, and after each change runs the rule engine's [`plan`] over them all
-//! (claims of explicit streams resolved again each time) and acts on the difference:
+//! of every node it knows, and after each change runs the rule engine's [`plan_keeping`] over
+//! them all (claims of explicit streams resolved again each time; the streams it holds keep
+//! their places under `max_streams`) and acts on the difference:
 //!
 //! - a planned stream that is not running starts: a [`StreamHealth`] joins the set and its
 //!   supervised capture thread starts on the ring `<ring_dir>/<stream>/<stream>.ring`, created
@@ -31,7 +32,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::watch::{Change, DevWatch};
-use super::{plan, probe_one, resolve_claims, scan, CapsProbe, DiscoverySettings, Outcome};
+use super::{plan_keeping, probe_one, resolve_claims, scan, CapsProbe, DiscoverySettings, Outcome};
 use super::{Planned, Probe, Reason, Roots};
 use crate::ring::{CreateOptions, RingDir};
 use crate::shutdown::Shutdown;
@@ -362,7 +363,26 @@ impl State {
         self.replan_at = None;
         let claims = resolve_claims(&self.live.roots, &self.live.explicit);
         let probes: Vec<Probe> = self.probes.values().cloned().collect();
-        let outcomes = plan(&self.live.settings, &probes, &claims);
+        // Streams already running or in their grace period keep their places under
+        // max_streams: a device plugged in later never pushes one out.
+        let held: Vec<String> = self.entries.keys().cloned().collect();
+        let mut outcomes = plan_keeping(&self.live.settings, &probes, &claims, &held);
+        // A stream in its grace period whose device is still away keeps its place too, so a
+        // replug finds it free and no other device starts only to be stopped again.
+        let away = self
+            .entries
+            .keys()
+            .filter(|name| {
+                !outcomes
+                    .iter()
+                    .any(|o| matches!(o, Outcome::Stream(p) if &p.name == *name))
+            })
+            .count() as u32;
+        if away > 0 {
+            let mut settings = self.live.settings.clone();
+            settings.max_streams = settings.max_streams.saturating_sub(away);
+            outcomes = plan_keeping(&settings, &probes, &claims, &held);
+        }
         if let Some(m) = &self.live.metrics {
             m.observe(&self.live.settings, &outcomes);
         }
@@ -406,6 +426,8 @@ impl State {
                     }
                     self.live.set.remove(&name);
                     tracing::info!(stream = %name, "device still gone after the grace period: stream no longer labelled or advertised; its ring stays for its return");
+                    // Its place under max_streams is free now: plan again at once.
+                    self.replan_at = Some(Instant::now());
                 }
             }
         }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, ConfigError};
 use crate::ring::{self, CreateOptions};
 use crate::shutdown::Shutdown;
-use crate::source::{Backoff, HealthSnapshot, RingTarget, StreamHealth};
+use crate::source::{Backoff, HealthSnapshot, RingTarget, StreamHealth, StreamSet};
 
 /// Why the agent could not start (configuration errors aside, which are [`ConfigError`]s).
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,9 @@ pub enum AgentError {
     /// The runtime that reads this node's labels could not be started.
     #[error("cannot start the runtime that reads this node's labels: {0}")]
     Runtime(#[source] std::io::Error),
+    /// Discovery could not start (the device root cannot be watched).
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::live::LiveError),
 }
 
 impl AgentError {
@@ -226,11 +229,15 @@ pub fn run(
     let power =
         crate::power::watch::spawn(config.power.clone(), &shutdown).map_err(AgentError::Power)?;
     let registry = crate::metrics::new_registry()?;
+    // Configured streams now; discovered ones join and leave while the agent runs. Metrics,
+    // node publisher and device plugin all follow this one set.
+    let set = StreamSet::new(agent.streams.clone());
     let metrics = match config.metrics.listen.addr() {
         None => None,
         Some(addr) => match serve_metrics(
             addr,
             &registry,
+            &set,
             &agent.streams,
             &required_streams(config),
             &power,
@@ -248,7 +255,10 @@ pub fn run(
         },
     };
     // Kubernetes runs on its own thread and runtime; an API-server outage never reaches capture.
-    let inputs = crate::node::Inputs::new(agent.streams.clone()).with_power(power.subscribe());
+    let inputs = {
+        let set = set.clone();
+        crate::node::Inputs::from_fn(move || set.snapshots()).with_power(power.subscribe())
+    };
     let publisher = crate::node::start(
         &config.kube,
         config.node.clone(),
@@ -257,16 +267,14 @@ pub fn run(
         &shutdown,
     )?;
     // The device plugin too: the kubelet never reaches capture.
-    let plugin = crate::deviceplugin::start(
-        &config.device_plugin,
-        &config.ring.dir,
-        agent.streams.clone(),
-        &shutdown,
-    )?;
-    agent.start_streams(config, ring_dir)?;
+    let plugin =
+        crate::deviceplugin::follow(&config.device_plugin, &config.ring.dir, &set, &shutdown)?;
+    agent.start_streams(config, ring_dir.clone())?;
+    let discovery = start_discovery(config, &set, ring_dir, &registry, &shutdown)?;
     tracing::info!(
         ring_dir = %config.ring.dir.display(),
         streams = agent.streams.len(),
+        discovered = set.len() - agent.streams.len(),
         version = env!("CARGO_PKG_VERSION"),
         "agent running"
     );
@@ -282,6 +290,9 @@ pub fn run(
     }
     let streams = agent.streams.clone();
     agent.drain();
+    if let Some(d) = discovery {
+        d.join();
+    }
     if let Some(p) = publisher {
         p.join();
     }
@@ -397,25 +408,61 @@ fn node_labels(
     })
 }
 
+/// Start the discovery loop when `[discovery]` has rules: it adds discovered streams to `set`
+/// and removes them. `None` without rules (nothing is watched).
+fn start_discovery(
+    config: &Config,
+    set: &StreamSet,
+    (dir, options): (std::sync::Arc<ring::RingDir>, CreateOptions),
+    registry: &prometheus::Registry,
+    shutdown: &Shutdown,
+) -> Result<Option<crate::discovery::live::Discovery>, AgentError> {
+    use crate::discovery::live;
+    if config.discovery.rules.is_empty() {
+        return Ok(None);
+    }
+    let live = live::Live {
+        roots: config.discovery.roots(),
+        caps: Box::new(crate::discovery::V4l2Caps),
+        settings: config.discovery.clone(),
+        explicit: config.stream_configs(),
+        set: set.clone(),
+        ring_dir: dir,
+        ring_path: config.ring.dir.clone(),
+        ring_options: options,
+        backoff: Backoff::new(
+            Duration::from_secs_f64(config.agent.retry_initial_secs),
+            Duration::from_secs_f64(config.agent.retry_max_secs),
+        ),
+        drain: Duration::from_secs_f64(config.agent.grace_period_secs),
+        metrics: Some(live::LiveMetrics::register(registry)?),
+    };
+    Ok(Some(live::start(live, shutdown)?))
+}
+
 /// The ring path of stream `name` under `dir`: `<dir>/<name>/<name>.ring`.
 pub fn ring_path(dir: &Path, name: &str) -> PathBuf {
     ring::ring_path(dir, name)
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` for `streams` on `addr`, on the endpoint's own
-/// thread; `/readyz` waits only for the streams named in `required`. Returns the bound address.
+/// Serve `/metrics` for the streams of `set`, and `/healthz` and `/readyz` on `addr`, on the
+/// endpoint's own thread. `/readyz` waits only for those of `configured` named in `required`: an
+/// optional stream, or a discovered device that is absent, never makes the agent unready.
+/// Returns the bound address.
+#[allow(clippy::too_many_arguments)]
 pub fn serve_metrics(
     addr: SocketAddr,
     registry: &prometheus::Registry,
-    streams: &[StreamHealth],
+    set: &StreamSet,
+    configured: &[StreamHealth],
     required: &[String],
     power: &crate::power::watch::PowerState,
     shutdown: &Shutdown,
 ) -> Result<SocketAddr, AgentError> {
     let registry = registry.clone();
-    let exporter = crate::metrics::StreamExporter::register(&registry, streams.to_vec())?;
+    let exporter = crate::metrics::StreamExporter::register(&registry, set.clone())?;
     let power = crate::metrics::PowerExporter::register(&registry, power.clone())?;
-    let ready_streams = streams.to_vec();
+    let ready_streams = configured.to_vec();
     let required: Vec<String> = required.to_vec();
     let endpoint = crate::http::Endpoint {
         registry,

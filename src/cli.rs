@@ -48,6 +48,9 @@ pub enum Command {
     /// Copy a window of a ring's messages into files (JSON lines or frames plus an index),
     /// optionally upload them with HTTP PUT, and remember where the export stopped.
     Export(crate::export::ExportArgs),
+    /// List the cameras and serial ports this machine has, which discovery rule takes each and
+    /// under which stream name, and why the others are left alone.
+    Devices(crate::discovery::DevicesArgs),
     /// Internal: a reader process spawned by `edgeplex bench`.
     #[command(hide = true)]
     BenchReader(crate::bench::ReaderArgs),

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod deviceplugin;
+pub mod discovery;
 pub mod error;
 pub mod export;
 pub mod failover;

@@ -49,6 +49,21 @@ fn dispatch(cli: &Cli) -> Result<(), Error> {
             }
             Ok(edgeplex::failover::run(&config.failover, &config.kube)?)
         }
+        Command::Devices(args) => {
+            let config = args.load(env(), cli.log_overrides())?;
+            logging(&config)?;
+            use edgeplex::discovery::DevicesError;
+            match edgeplex::discovery::devices_command(args, &config) {
+                Ok(text) => {
+                    use std::io::Write;
+                    // A closed pipe (`| head`) is not an error worth a message.
+                    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                    Ok(())
+                }
+                Err(DevicesError::Usage(m)) => Err(edgeplex::config::ConfigError(m).into()),
+                Err(DevicesError::Scan(m)) => Err(Error::Tool(anyhow::anyhow!(m))),
+            }
+        }
         command => {
             // The tools take no configuration file; the log flags and variables still apply.
             let config = edgeplex::config::load_without_file(
@@ -68,7 +83,9 @@ fn dispatch(cli: &Cli) -> Result<(), Error> {
                 Command::Bench(args) => Ok(edgeplex::bench::run(args)?),
                 Command::Export(args) => Ok(edgeplex::export::run(args)?),
                 Command::BenchReader(args) => Ok(edgeplex::bench::run_reader(args)?),
-                Command::Run(_) | Command::Failover(_) => unreachable!("handled above"),
+                Command::Run(_) | Command::Failover(_) | Command::Devices(_) => {
+                    unreachable!("handled above")
+                }
             }
         }
     }

@@ -4,7 +4,7 @@
 //! Signals are received by a small thread (`signal-hook`'s iterator), never in a signal handler,
 //! so cancelling may wake tasks and threads freely.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,27 @@ use tokio_util::sync::CancellationToken;
 pub struct Shutdown {
     token: CancellationToken,
     /// For threads that sleep: set under the lock and notified when cancelled.
-    sleepers: Arc<(Mutex<bool>, Condvar)>,
+    sleepers: Arc<Sleepers>,
+}
+
+/// Threads sleeping on one [`Shutdown`], and those of its [`Shutdown::child`]ren.
+#[derive(Debug, Default)]
+struct Sleepers {
+    raised: Mutex<bool>,
+    cv: Condvar,
+    children: Mutex<Vec<Weak<Sleepers>>>,
+}
+
+impl Sleepers {
+    fn raise(&self) {
+        *self.raised.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_all();
+        let children =
+            std::mem::take(&mut *self.children.lock().unwrap_or_else(|p| p.into_inner()));
+        for child in children.iter().filter_map(Weak::upgrade) {
+            child.raise();
+        }
+    }
 }
 
 impl Shutdown {
@@ -37,10 +57,29 @@ impl Shutdown {
 
     /// Raise it by hand.
     pub fn trigger(&self) {
-        let (lock, cv) = &*self.sleepers;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        cv.notify_all();
         self.token.cancel();
+        self.sleepers.raise();
+    }
+
+    /// A shutdown of its own (one stream of several) that is also raised when this one is;
+    /// triggering the child leaves this one alone.
+    pub fn child(&self) -> Shutdown {
+        let child = Shutdown {
+            token: self.token.child_token(),
+            sleepers: Arc::default(),
+        };
+        let mut children = self
+            .sleepers
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        children.retain(|w| w.strong_count() > 0);
+        children.push(Arc::downgrade(&child.sleepers));
+        drop(children);
+        if self.requested() {
+            child.sleepers.raise();
+        }
+        child
     }
 
     /// Whether shutdown was requested.
@@ -64,10 +103,10 @@ impl Shutdown {
     /// Block the thread until `deadline` or shutdown, whichever is first. Returns `false` on
     /// shutdown.
     pub fn sleep_until(&self, deadline: Instant) -> bool {
-        let (lock, cv) = &*self.sleepers;
+        let (lock, cv) = (&self.sleepers.raised, &self.sleepers.cv);
         let mut raised = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if *raised {
+            if *raised || self.token.is_cancelled() {
                 return false;
             }
             let now = Instant::now();
@@ -118,5 +157,32 @@ mod tests {
             assert!(!sleeper.await.unwrap());
             s.cancelled().await;
         });
+    }
+
+    #[test]
+    fn a_child_stops_alone_or_with_its_parent() {
+        let parent = Shutdown::default();
+        let a = parent.child();
+        let b = parent.child();
+        let grandchild = b.child();
+        a.trigger();
+        assert!(a.requested() && !b.requested() && !parent.requested());
+        assert!(!a.sleep_until(Instant::now() + Duration::from_secs(600)));
+        let sleep = |s: &Shutdown| {
+            let s = s.clone();
+            std::thread::spawn(move || s.sleep_until(Instant::now() + Duration::from_secs(600)))
+        };
+        let (tb, tg) = (sleep(&b), sleep(&grandchild));
+        parent.trigger();
+        assert!(
+            !tb.join().unwrap(),
+            "the child's sleeper woke with its parent"
+        );
+        assert!(!tg.join().unwrap(), "and the grandchild's");
+        assert!(b.requested() && grandchild.requested());
+        assert!(
+            parent.child().requested(),
+            "a child of a raised parent is raised"
+        );
     }
 }

@@ -295,3 +295,138 @@ fn run_check_refuses_what_run_refuses() {
         );
     }
 }
+
+#[path = "common/devtree.rs"]
+mod devtree;
+
+/// `edgeplex devices` over a fixture tree: what each node is, which rule makes which stream,
+/// and why the rest are left alone; JSON lines with `--json`; 64 for a bad flag or
+/// configuration, 1 when the tree cannot be read as sysfs.
+#[test]
+fn devices_lists_what_discovery_makes_of_a_machine() {
+    let t = devtree::DevTree::new();
+    let ftdi = devtree::Usb {
+        port: "1-4",
+        vendor: "0403",
+        product: "6001",
+        serial: Some("A50285BI"),
+        name: "FT232R USB UART",
+    };
+    t.usb_serial("ttyUSB0", &ftdi, "ftdi_sio");
+    let by_id = "usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0";
+    t.link("serial/by-id", by_id, "ttyUSB0");
+    t.usb_serial(
+        "ttyUSB1",
+        &devtree::Usb {
+            port: "1-5",
+            serial: Some("B7"),
+            ..ftdi
+        },
+        "ftdi_sio",
+    );
+    t.pci_serial("ttyS0", "0000:00:03.0");
+    t.console("tty0 ttyS0");
+    t.pci_serial("ttyS1", "0000:00:04.0");
+    t.placeholder_serial("ttyS2");
+    // A video node whose /dev entry is no V4L2 device: the real probe says so.
+    t.platform_camera("video0", "vivid.0", "vivid", 0);
+    let config = t.path("edgeplex.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[discovery.rule.uart]
+kind = "serial"
+driver = "serial"
+name = "uart-{{port}}"
+[discovery.rule.usb]
+kind = "serial"
+vendor = "0403"
+name = "tty-{{serial}}"
+baud = 115200
+[discovery.rule.vivid]
+kind = "camera"
+name = "cam-{{port}}"
+[stream.gps0]
+type = "serial"
+device = "/dev/serial/by-id/{by_id}"
+"#
+        ),
+    )
+    .unwrap();
+    let (sys, dev) = (t.sys(), t.dev());
+    let base = [
+        "devices",
+        "--config",
+        config.to_str().unwrap(),
+        "--sys",
+        sys.to_str().unwrap(),
+        "--dev",
+        dev.to_str().unwrap(),
+    ];
+    let o = edgeplex(&base);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    let line = |node: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{node} ")))
+            .unwrap_or_else(|| panic!("no {node} in:\n{out}"))
+            .to_owned()
+    };
+    assert!(out.starts_with("NODE "), "{out}");
+    assert!(
+        line("ttyS0").contains("not taken: the kernel console"),
+        "{out}"
+    );
+    assert!(
+        line("ttyS1").contains("uart-0000-00-04-0 (rule uart, "),
+        "{out}"
+    );
+    assert!(line("ttyS2").contains("not taken: no UART"), "{out}");
+    assert!(
+        line("ttyUSB0").contains("not taken: named by the explicit stream gps0"),
+        "{out}"
+    );
+    let usb1 = line("ttyUSB1");
+    for want in ["ftdi_sio", "0403:6001", "B7", "1-5", "tty-b7 (rule usb"] {
+        assert!(usb1.contains(want), "{want}: {out}");
+    }
+    assert!(line("video0").contains("not a V4L2 device"), "{out}");
+
+    let mut json = base.to_vec();
+    json.push("--json");
+    let o = edgeplex(&json);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let usb1 = lines.iter().find(|v| v["node"] == "ttyUSB1").unwrap();
+    assert_eq!(usb1["stream"]["name"], "tty-b7");
+    assert_eq!(usb1["stream"]["type"], "serial");
+    assert_eq!(usb1["device"]["vendor"], "0403");
+    let video = lines.iter().find(|v| v["node"] == "video0").unwrap();
+    assert_eq!(video["not_taken"]["reason"], "caps_unreadable");
+
+    // Exit codes: a flag naming no directory and a bad rule are usage errors (64), a tree
+    // that is not sysfs is a failure (1); each one line.
+    let mut no_sys = base.to_vec();
+    no_sys[4] = "/nonexistent";
+    let mut not_sysfs = base.to_vec();
+    not_sysfs[4] = dev.to_str().unwrap();
+    let mut bad_rule = base.to_vec();
+    bad_rule.extend(["--set", "discovery.rule.usb.name=cam-{sn}"]);
+    for (args, code, want) in [
+        (no_sys, 64, "--sys /nonexistent: not a directory"),
+        (bad_rule, 64, "discovery.rule.usb.name"),
+        (not_sysfs, 1, "not a sysfs root"),
+    ] {
+        let o = edgeplex(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{err}");
+        assert!(o.stdout.is_empty());
+    }
+}

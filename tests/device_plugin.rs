@@ -421,6 +421,66 @@ async fn removing_a_stream_at_run_time_withdraws_it() {
     kubelet.stop().await;
 }
 
+/// The agent's set of streams changes while the plugin runs (a discovered device arrives, and
+/// one whose name cannot be a resource is skipped): the new stream is served and registered,
+/// and follows its health.
+#[tokio::test(flavor = "current_thread")]
+async fn a_stream_added_at_run_time_is_advertised() {
+    use edgeplex::deviceplugin::{follow, DevicePluginSettings};
+    use edgeplex::source::kinds::DeviceClass;
+    use edgeplex::source::{StreamHealth, StreamSet};
+    let dirs = Dirs::new();
+    let mut kubelet = Kubelet::start(&dirs.plugins);
+    let settings = DevicePluginSettings {
+        enabled: true,
+        dir: dirs.plugins.clone(),
+        shares: 2,
+    };
+    let set = StreamSet::new(vec![StreamHealth::new(
+        "cam0",
+        "test-pattern",
+        DeviceClass::Camera,
+    )]);
+    let shutdown = edgeplex::shutdown::Shutdown::default();
+    let plugin = follow(&settings, &dirs.rings, &set, &shutdown)
+        .unwrap()
+        .expect("enabled");
+    kubelet.registrations(1).await;
+    set.insert(StreamHealth::new("cam_", "camera", DeviceClass::Camera));
+    set.insert(StreamHealth::new(
+        "cam-usb-1",
+        "camera",
+        DeviceClass::Camera,
+    ));
+    let regs = kubelet.registrations(1).await;
+    assert!(regs.contains_key("edgeplex.io/cam-usb-1"), "{regs:?}");
+    let mut cam = kubelet.plugin("edgeplex-cam-usb-1.sock").await;
+    let mut updates = cam
+        .list_and_watch(api::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    wait_devices(
+        &mut updates,
+        "cam-usb-1 listed, not yet up",
+        all(api::UNHEALTHY),
+    )
+    .await;
+    assert!(!dirs.plugins.join("edgeplex-cam_.sock").exists());
+    assert_eq!(
+        std::fs::read_dir(&dirs.plugins).unwrap().count(),
+        3,
+        "kubelet.sock and two plugin sockets"
+    );
+    set.remove("cam-usb-1");
+    wait_devices(&mut updates, "empty list", |d| d.is_empty()).await;
+    shutdown.trigger();
+    tokio::task::spawn_blocking(move || plugin.join())
+        .await
+        .unwrap();
+    kubelet.stop().await;
+}
+
 #[test]
 fn bad_stream_names_for_the_plugin_exit_64() {
     let dirs = Dirs::new();

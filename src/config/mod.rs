@@ -58,6 +58,8 @@ pub struct Config {
     pub device_plugin: crate::deviceplugin::DevicePluginSettings,
     /// The failover controller (`edgeplex failover`).
     pub failover: crate::failover::FailoverSettings,
+    /// Device discovery: rules that turn cameras and serial ports into streams.
+    pub discovery: crate::discovery::DiscoverySettings,
     /// Streams by name.
     #[serde(rename = "stream")]
     pub streams: BTreeMap<String, Stream>,
@@ -312,6 +314,7 @@ const SECTIONS: &[&str] = &[
     "node",
     "device_plugin",
     "failover",
+    "discovery",
     "stream",
 ];
 
@@ -337,6 +340,10 @@ impl Config {
             node: section(&mut table, "node")?,
             device_plugin: section(&mut table, "device_plugin")?,
             failover: section(&mut table, "failover")?,
+            discovery: match table.remove("discovery") {
+                None => Default::default(),
+                Some(v) => crate::discovery::DiscoverySettings::from_value(v, "discovery")?,
+            },
             streams: streams_raw
                 .into_iter()
                 .map(|(name, value)| {
@@ -415,6 +422,15 @@ impl Config {
             .iter()
             .find(|(_, s)| s.common.needs_labels())
             .map(|(name, _)| name.as_str())
+    }
+
+    /// Each stream's kind and settings, without the keys that place it (what discovery
+    /// compares its devices against).
+    pub fn stream_configs(&self) -> BTreeMap<String, crate::source::kinds::StreamConfig> {
+        self.streams
+            .iter()
+            .map(|(name, s)| (name.clone(), s.config.clone()))
+            .collect()
     }
 
     /// Keep only the streams that run on the node called `node` with `labels` (see
@@ -506,6 +522,7 @@ pub fn schema_keys() -> Vec<String> {
         "failover",
         known_keys::<crate::failover::FailoverSettings>(Table::new()),
     );
+    add("discovery", crate::discovery::DiscoverySettings::keys());
     for kind in StreamConfig::TYPES {
         let mut kind_keys = StreamConfig::keys(kind);
         kind_keys.extend(known_keys::<StreamCommon>(Table::new()));

@@ -177,6 +177,8 @@ fn the_shipped_example_documents_every_key() {
                  m: &mut BTreeMap<String, Vec<String>>| {
         let name = match (section.strip_prefix("stream."), ty) {
             (Some(_), Some(t)) => format!("stream.{t}"),
+            // Every rule documents the rule keys: discovery.rule.* in the schema.
+            _ if section.starts_with("discovery.rule.") => "discovery.rule.*".to_owned(),
             _ => section.to_owned(),
         };
         m.entry(name).or_default().append(keys);
@@ -249,8 +251,18 @@ mod hostile {
                 let (_, key) = rest.rsplit_once('.').unwrap();
                 *k = format!("stream.s.{key}");
             }
+            // `discovery.rule.*.key` becomes a key of the rule named r.
+            *k = k.replace(".*.", ".r.");
         });
-        keys.extend(["stream.s.type".into(), "x.y".into(), "ring".into()]);
+        keys.extend([
+            "stream.s.type".into(),
+            "x.y".into(),
+            "ring".into(),
+            "discovery.rule.r.width".into(),
+            "discovery.rule.r.baud".into(),
+            "discovery.rule.r.device".into(),
+            "discovery.rule".into(),
+        ]);
         proptest::sample::select(keys)
     }
 
@@ -271,6 +283,11 @@ mod hostile {
             Just("\"serial\"".to_owned()),
             Just("\"test-pattern\"".to_owned()),
             Just("\"nmea-sim\"".to_owned()),
+            Just("\"cam-{serial}\"".to_owned()),
+            Just("[\"{port}\", \"{nope}\"]".to_owned()),
+            Just("\"{\"".to_owned()),
+            Just("\"[\"".to_owned()),
+            Just("\"046d\"".to_owned()),
             any::<i64>().prop_map(|i| i.to_string()),
             any::<f64>().prop_map(|f| format!("{f:?}")),
             "[ -~]{0,12}",

@@ -13,8 +13,9 @@
 //!
 //! When the kubelet restarts it deletes every plugin socket and recreates `kubelet.sock`; the
 //! plugin watches the directory with inotify (no polling) and then serves again on fresh
-//! sockets and re-registers. A stream removed from the set ([`DevicePlugin::set_streams`])
-//! first sends an empty device list (so the kubelet drops its capacity at once), then stops
+//! sockets and re-registers. The set of streams may change while it runs ([`follow`] the
+//! agent's [`StreamSet`], where discovered streams come and go): a stream added to the set is
+//! served and registered at once; a stream removed from it first sends an empty device list (so the kubelet drops its capacity at once), then stops
 //! serving and removes its socket; sockets left by an earlier run for streams no longer
 //! configured are swept at start.
 //!
@@ -36,7 +37,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::shutdown::Shutdown;
-use crate::source::StreamHealth;
+use crate::source::{StreamHealth, StreamSet};
 use api::device_plugin::device_plugin_server::{self, DevicePluginServer};
 use api::registration::registration_client::RegistrationClient;
 
@@ -211,7 +212,7 @@ fn devices(suffix: &str, shares: u32, up: bool) -> Vec<api::Device> {
 #[derive(Debug)]
 pub struct DevicePlugin {
     thread: std::thread::JoinHandle<()>,
-    streams: watch::Sender<Vec<StreamHealth>>,
+    streams: StreamSet,
 }
 
 impl DevicePlugin {
@@ -219,7 +220,7 @@ impl DevicePlugin {
     /// advertised; pods already running keep their mount until they end.
     /// A stream whose name cannot be a resource is logged and skipped.
     pub fn set_streams(&self, streams: Vec<StreamHealth>) {
-        self.streams.send_replace(streams);
+        self.streams.replace(streams);
     }
 
     /// Wait for the thread to end (after shutdown was triggered); it removes its sockets.
@@ -236,10 +237,22 @@ pub fn start(
     streams: Vec<StreamHealth>,
     shutdown: &Shutdown,
 ) -> Result<Option<DevicePlugin>, DevicePluginError> {
+    follow(settings, ring_dir, &StreamSet::new(streams), shutdown)
+}
+
+/// Like [`start`], advertising whatever `streams` holds as it changes (the agent's set, where
+/// discovered streams come and go). The names in it now are checked here; a stream added later
+/// whose name cannot be a resource is logged and not advertised.
+pub fn follow(
+    settings: &DevicePluginSettings,
+    ring_dir: &Path,
+    streams: &StreamSet,
+    shutdown: &Shutdown,
+) -> Result<Option<DevicePlugin>, DevicePluginError> {
     if !settings.enabled {
         return Ok(None);
     }
-    let names: Vec<String> = streams.iter().map(|s| s.name().to_owned()).collect();
+    let names: Vec<String> = streams.list().iter().map(|s| s.name().to_owned()).collect();
     validate(settings, &names).map_err(DevicePluginError::Config)?;
     let dir = settings.dir.clone();
     // The kubelet creates the directory when it starts; the agent may start first (boot).
@@ -249,7 +262,7 @@ pub fn start(
         error,
     })?;
     let inotify = watch_dir(&dir)?;
-    let (tx, rx) = watch::channel(streams);
+    let rx = streams.subscribe();
     let ctx = Ctx {
         dir,
         ring_dir: ring_dir.to_path_buf(),
@@ -278,7 +291,7 @@ pub fn start(
         .map_err(DevicePluginError::Start)?;
     Ok(Some(DevicePlugin {
         thread,
-        streams: tx,
+        streams: streams.clone(),
     }))
 }
 
@@ -534,7 +547,9 @@ fn reconcile(ctx: &Ctx, served: &mut BTreeMap<String, Served>, set: Vec<StreamHe
         }
     }
     for health in set {
-        if served.contains_key(health.name()) {
+        if let Some(s) = served.get_mut(health.name()) {
+            // The same name with a new handle (a discovered stream that came back): follow it.
+            s.health = health;
             continue;
         }
         let suffix = match resource_suffix(health.name()) {

@@ -10,7 +10,10 @@ pub mod framing;
 pub mod hint;
 pub mod kinds;
 pub mod serial;
+pub mod set;
 pub mod synthetic;
+
+pub use set::StreamSet;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -226,6 +229,21 @@ impl StreamHealth {
     /// Stream name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Whether `other` is this very stream (a clone of the same handle), not merely one of
+    /// the same name.
+    pub fn is_same(&self, other: &StreamHealth) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Mark the stream down at once because its device node went away (discovery saw it
+    /// leave), before its thread notices.
+    pub fn device_removed(&self, device: &std::path::Path) {
+        self.set_failed(&SourceError::Disconnected {
+            device: device.to_path_buf(),
+            detail: "the device node was removed".into(),
+        });
     }
 
     /// Whether the device is up.

@@ -147,6 +147,12 @@ impl Scenario<'_> {
         self
     }
 
+    /// Serve QEMU's QMP monitor (`RunningVm::qmp`) and declare the chardev `hs1c` on
+    /// `RUN/hs1.sock` for a hotplugged device (`RunningVm::socket("hs1.sock")`).
+    pub fn qmp(self) -> Self {
+        self.env("EDGEPLEX_VM_QMP", "1")
+    }
+
     /// Host-side hard limit for this VM (default [`DEFAULT_TIMEOUT`]).
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
@@ -240,6 +246,72 @@ impl RunningVm {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
+        }
+    }
+
+    /// Connect to a Unix socket qemu listens on in the run directory (`uart.sock`, and with
+    /// [`Scenario::qmp`] `qmp.sock` and `hs1.sock`), retrying while qemu starts (bounded).
+    pub fn socket(&mut self, name: &str) -> UnixStream {
+        let sock = self.run_dir.join(name);
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            match UnixStream::connect(&sock) {
+                Ok(s) => return s,
+                Err(e) => {
+                    if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok()?) {
+                        panic!(
+                            "vm: run.sh exited ({status}) before {name} was up:\n{}",
+                            fs::read_to_string(self.run_dir.join("run.log")).unwrap_or_default()
+                        );
+                    }
+                    assert!(Instant::now() < until, "vm: no socket {sock:?}: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// QEMU's QMP monitor, capabilities negotiated (needs [`Scenario::qmp`]).
+    pub fn qmp(&mut self) -> Qmp {
+        let stream = self.socket("qmp.sock");
+        let mut q = Qmp {
+            lines: Uart {
+                stream,
+                buf: Vec::new(),
+            },
+        };
+        let greeting = q.read_message();
+        assert!(
+            greeting.get("QMP").is_some(),
+            "vm: not a QMP greeting: {greeting}"
+        );
+        q.execute("qmp_capabilities", serde_json::json!({}))
+            .expect("qmp_capabilities");
+        q
+    }
+
+    /// Wait until the guest console has a line satisfying `pred` (the console so far is read
+    /// again on each poll), and return it; panic after `timeout` or when the VM ends first.
+    pub fn wait_console(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let until = Instant::now() + timeout;
+        loop {
+            let console = fs::read(self.run_dir.join("console.log"))
+                .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+                .unwrap_or_default();
+            if let Some(l) = console.lines().find(|l| pred(l)) {
+                return l.to_owned();
+            }
+            let ended = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok()?)
+                .is_some();
+            assert!(
+                !ended && Instant::now() < until,
+                "vm: no matching console line within {timeout:?} (VM ended: {ended}); last lines:\n{}",
+                console.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -392,6 +464,44 @@ impl Uart {
     /// The raw socket, e.g. to hand to a thread or a serial-sensor simulator.
     pub fn stream(&self) -> &UnixStream {
         &self.stream
+    }
+}
+
+/// QEMU's QMP monitor: JSON commands and answers, one per line; asynchronous events are
+/// skipped. Every read is bounded.
+#[derive(Debug)]
+pub struct Qmp {
+    lines: Uart,
+}
+
+impl Qmp {
+    fn read_message(&mut self) -> serde_json::Value {
+        let line = self
+            .lines
+            .read_line(Duration::from_secs(30))
+            .expect("vm: QMP answered nothing within 30 s");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("vm: QMP sent {line:?}: {e}"))
+    }
+
+    /// Run `command` with `arguments`: its `return` value, or its error's description.
+    pub fn execute(
+        &mut self,
+        command: &str,
+        arguments: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let request = serde_json::json!({"execute": command, "arguments": arguments});
+        self.lines.send_line(&request.to_string());
+        for _ in 0..1000 {
+            let m = self.read_message();
+            if let Some(r) = m.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = m.get("error") {
+                return Err(e.to_string());
+            }
+            // {"event": ...}: not the answer
+        }
+        panic!("vm: QMP: no answer to {command} among 1000 messages");
     }
 }
 

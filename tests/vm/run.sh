@@ -29,6 +29,9 @@
 #                         "none" = do not load vivid at boot)
 #   EDGEPLEX_VM_APPEND    extra kernel command line arguments (e.g. "quiet")
 #   EDGEPLEX_VM_QEMU_ARGS extra qemu arguments (word-split)
+#   EDGEPLEX_VM_QMP=1     also serve QMP on RUN/qmp.sock (for device_add/device_del while the guest
+#                         runs) and declare a chardev `hs1c` on RUN/hs1.sock (qemu listens) that a
+#                         hotplugged device can use: device_add pci-serial,id=hs1,chardev=hs1c
 #   EDGEPLEX_VM_STRIP=0   do not strip debug info from copied ELF files
 #   EDGEPLEX_VM_KERNEL=bzimage  boot OUTDIR/vmlinuz even if OUTDIR/vmlinux (PVH) exists
 #
@@ -119,8 +122,20 @@ if [ ${#SOCK} -gt 100 ]; then # sun_path is 108 bytes: put the socket in a short
 else
   QSOCK="$SOCK"
 fi
-cleanup() { rm -f "$SOCK"; [ -z "$SOCKDIR" ] || rm -rf "$SOCKDIR"; }
+cleanup() { rm -f "$SOCK" "$RUN/qmp.sock" "$RUN/hs1.sock"; [ -z "$SOCKDIR" ] || rm -rf "$SOCKDIR"; }
 trap cleanup EXIT
+
+# ---- optional: QMP, and a chardev for a hotplugged serial card ------------------------------------
+QMP_ARGS=()
+if [ "${EDGEPLEX_VM_QMP:-0}" = 1 ]; then
+  QDIR=$(dirname "$QSOCK")
+  for s in qmp hs1; do
+    rm -f "$RUN/$s.sock"
+    [ "$QDIR" = "$RUN" ] || ln -s "$QDIR/$s.sock" "$RUN/$s.sock"
+  done
+  QMP_ARGS=(-qmp "unix:$QDIR/qmp.sock,server=on,wait=off"
+    -chardev "socket,id=hs1c,path=$QDIR/hs1.sock,server=on,wait=off")
+fi
 
 # The uncompressed vmlinux boots ~6 s faster under TCG (PVH entry, no in-guest XZ decompression).
 KERNEL="$OUT/vmlinuz"
@@ -140,7 +155,7 @@ timeout --foreground -k 10 "$TIMEOUT" qemu-system-x86_64 \
   -kernel "$KERNEL" -initrd "$RUN/initrd.cpio" -append "$APPEND" \
   -chardev "stdio,id=con0,signal=off,logfile=$RUN/console.log" -serial chardev:con0 \
   -chardev "socket,id=uart1,path=$QSOCK,server=on,wait=off" -serial chardev:uart1 \
-  "${EXTRA[@]}" </dev/null
+  "${QMP_ARGS[@]}" "${EXTRA[@]}" </dev/null
 rc=$?
 set -e
 secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')

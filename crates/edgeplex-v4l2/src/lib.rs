@@ -6,6 +6,9 @@
 //! waiting, never as an error, and stops streaming (`VIDIOC_STREAMOFF`) without panicking when
 //! the device is already gone.
 //!
+//! [`query_caps`] reads a node's own capabilities (`device_caps`), which the `v4l` crate does not
+//! expose, so discovery can tell a capture node from a metadata node.
+//!
 //! Format negotiation, capabilities and controls stay with the `v4l` crate, whose safe API does
 //! those correctly; this crate takes over the negotiated [`v4l::Device`] for streaming, because
 //! `v4l`'s own streams re-queue a buffer that is still queued after a poll timeout (`EINVAL`,
@@ -19,8 +22,13 @@
 //! pointers to kernel structs, and `mmap` of driver buffers. Every `unsafe` block carries a
 //! `// SAFETY:` comment. It must not know about rings, configuration or metrics.
 
+mod caps;
 mod queue;
 mod ring;
 
+pub use caps::{
+    query_caps, DeviceCaps, CAP_DEVICE_CAPS, CAP_META_CAPTURE, CAP_VIDEO_CAPTURE,
+    CAP_VIDEO_CAPTURE_MPLANE,
+};
 pub use queue::{CaptureQueue, Frame};
 pub use ring::{Committed, RingCapture, StartError};

@@ -35,7 +35,11 @@ static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
 /// `request` must be a V4L2 ioctl whose argument is a `T` (the kernel reads and writes at most
 /// `size_of::<T>()` bytes through the pointer), and any pointer *inside* `*arg` that the kernel
 /// follows (a user pointer buffer) must satisfy that ioctl's own contract.
-unsafe fn ioctl<T>(fd: c_int, request: vidioc::_IOC_TYPE, arg: &mut T) -> io::Result<()> {
+pub(crate) unsafe fn ioctl<T>(
+    fd: c_int,
+    request: vidioc::_IOC_TYPE,
+    arg: &mut T,
+) -> io::Result<()> {
     // The size field of the ioctl number (bits 16..30) is the argument's size.
     debug_assert_eq!(
         ((request >> 16) & 0x3fff) as usize,

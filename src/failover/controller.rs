@@ -25,7 +25,8 @@ use tokio_stream::{Stream, StreamExt};
 use tracing::Instrument;
 
 use super::decide::{
-    decide, Action, AgentDown, Decision, EventSpec, Memory, Policy, Snapshot, DEAD_TAINT_VALUE,
+    decide, Action, AgentDown, Decision, EventSpec, Memory, NodeView, Policy, Snapshot,
+    DEAD_TAINT_VALUE,
 };
 use super::leader::{LeaderConfig, LeaderElector, Leadership};
 use super::metrics::FailoverMetrics;
@@ -181,6 +182,43 @@ struct Term {
     kubelets: LeaseTracker,
     memory: Memory,
     agents_down: BTreeMap<String, AgentDown>,
+    /// `edgeplex.io/active` values this controller wrote that its watches may not show yet.
+    written: Written,
+}
+
+/// How long a label write of ours overrides what the watches show, at most: watch events arrive
+/// within milliseconds, so this only ends an override that something else made stale (an admin
+/// changing the label right after us).
+const WRITE_OVERRIDE_MAX: Duration = Duration::from_secs(10);
+
+/// Read-your-writes for the active label. A round decides from the reflector stores, which learn
+/// of the controller's own write only when its watch event arrives; a round that ran before that
+/// (woken by any other change, e.g. a Lease renewal) would see the old label and act again:
+/// activate the same node twice, count a handover twice. Each successful write is remembered
+/// here and laid over the stores until they show it (or [`WRITE_OVERRIDE_MAX`] passes).
+#[derive(Debug, Default)]
+struct Written(BTreeMap<String, (bool, Instant)>);
+
+impl Written {
+    fn record(&mut self, node: &str, active: bool, now: Instant) {
+        self.0.insert(node.to_owned(), (active, now));
+    }
+
+    /// Lay the remembered writes over `views` (read from the stores at `now`), forgetting those
+    /// the stores now show, or that are too old to trust.
+    fn overlay(&mut self, views: &mut [NodeView], now: Instant) {
+        self.0
+            .retain(|_, (_, at)| now.duration_since(*at) < WRITE_OVERRIDE_MAX);
+        for v in views.iter_mut() {
+            if let Some(&(active, _)) = self.0.get(&v.name) {
+                if v.active == active {
+                    self.0.remove(&v.name);
+                } else {
+                    v.active = active;
+                }
+            }
+        }
+    }
 }
 
 impl Reconciler {
@@ -325,6 +363,7 @@ impl Reconciler {
             kubelets: LeaseTracker::new(KUBELET_LEASE_DEFAULT, self.max_gap),
             memory: Memory::default(),
             agents_down: BTreeMap::new(),
+            written: Written::default(),
         };
         while !shutdown.requested() && leadership.is_leader() {
             if state.all_ready() {
@@ -353,11 +392,9 @@ impl Reconciler {
                 nodes.insert(name, n);
             }
         }
-        let views: Vec<_> = nodes
-            .values()
-            .filter_map(|n| node_view(n))
-            .filter(|n| n.group.is_some() || n.active)
-            .collect();
+        let mut views: Vec<_> = nodes.values().filter_map(|n| node_view(n)).collect();
+        term.written.overlay(&mut views, now);
+        views.retain(|n| n.group.is_some() || n.active);
         let by_name = |store: &Store<Lease>| -> BTreeMap<String, Arc<Lease>> {
             store
                 .state()
@@ -389,7 +426,9 @@ impl Reconciler {
             node_leases: term.kubelets.observations(),
         };
         let decision = decide(&snapshot, &self.policy, &term.memory);
-        self.execute(&decision, leadership).await;
+        for (node, active) in self.execute(&decision, leadership).await {
+            term.written.record(&node, active, Instant::now());
+        }
         for (node, why) in &decision.agents_down {
             if term.agents_down.get(node) != Some(why) {
                 match why {
@@ -419,8 +458,10 @@ impl Reconciler {
 
     /// Carry out the actions in order. A failed label write ends the round (the next round
     /// starts again from what the API shows); a failed event or taint is logged and skipped.
-    async fn execute(&self, d: &Decision, leadership: &Leadership) {
+    /// Returns the active-label writes that succeeded (node, value).
+    async fn execute(&self, d: &Decision, leadership: &Leadership) -> Vec<(String, bool)> {
         let mut labelled = Vec::new();
+        let mut written = Vec::new();
         for action in &d.actions {
             if !leadership.is_leader() {
                 tracing::warn!("leadership lost during a round; not writing further");
@@ -432,6 +473,7 @@ impl Reconciler {
                     if r.is_ok() {
                         tracing::info!(node = %node, "labelled {ACTIVE_LABEL}=true");
                         labelled.push(node.as_str());
+                        written.push((node.clone(), true));
                     }
                     r.map_err(|e| ("set_active", e))
                 }
@@ -439,6 +481,7 @@ impl Reconciler {
                     let r = self.clear_active(node).await;
                     if r.is_ok() {
                         tracing::info!(node = %node, "removed {ACTIVE_LABEL}");
+                        written.push((node.clone(), false));
                     }
                     r.map_err(|e| ("clear_active", e))
                 }
@@ -479,6 +522,7 @@ impl Reconciler {
                 self.metrics.handover(&h.group, h.reason);
             }
         }
+        written
     }
 
     async fn set_active(&self, node: &str) -> Result<(), kube::Error> {
@@ -623,5 +667,54 @@ impl Reconciler {
         };
         tracing::info!(node = %e.node, reason = e.reason, message = %e.message, "event");
         self.events.create(&params, &event).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failover::decide::Role;
+
+    fn view(name: &str, active: bool) -> NodeView {
+        NodeView {
+            name: name.into(),
+            group: Some("g".into()),
+            role: Role::Primary,
+            active,
+            failover_taint: false,
+            dead_taint: false,
+            battery_critical: false,
+            device_failure: false,
+            ready: true,
+            unschedulable: false,
+        }
+    }
+
+    #[test]
+    fn a_write_overrides_the_stores_until_they_show_it() {
+        let t0 = Instant::now();
+        let mut written = Written::default();
+        written.record("p", true, t0);
+        written.record("b", false, t0);
+        // The watches have not delivered the writes yet: the round sees them anyway.
+        let mut views = vec![view("p", false), view("b", true), view("x", false)];
+        written.overlay(&mut views, t0 + Duration::from_millis(5));
+        assert_eq!(
+            views.iter().map(|v| v.active).collect::<Vec<_>>(),
+            [true, false, false]
+        );
+        // The stores show "p" now: its override is dropped, "b"'s stays.
+        let mut views = vec![view("p", true), view("b", true)];
+        written.overlay(&mut views, t0 + Duration::from_millis(10));
+        assert!(views[0].active && !views[1].active);
+        assert_eq!(written.0.keys().collect::<Vec<_>>(), ["b"]);
+        // Later the label changes again (someone else): the stores are believed again.
+        let mut views = vec![view("p", false)];
+        written.overlay(&mut views, t0 + Duration::from_millis(20));
+        assert!(!views[0].active);
+        // An override the stores never confirm ends after WRITE_OVERRIDE_MAX.
+        let mut views = vec![view("b", true)];
+        written.overlay(&mut views, t0 + WRITE_OVERRIDE_MAX);
+        assert!(views[0].active && written.0.is_empty());
     }
 }

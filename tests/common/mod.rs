@@ -4,6 +4,7 @@
 //!   fail in CI);
 //! - [`wait`]: waiting for a condition, bounded by a watchdog;
 //! - [`prom`]: reading the Prometheus text format;
+//! - [`http`]: a free loopback port and a bounded GET of the agent's endpoint;
 //! - [`power`]: the `/sys/class/power_supply` fixture;
 //! - [`agent`]: a real `edgeplex run` agent and `edgeplex failover` controller process;
 //! - [`rbac`]: the permissions the manifests grant, and those a recorded run of requests used;
@@ -33,6 +34,7 @@ use edgeplex::ring::layout::off;
 use edgeplex::ring::Meta;
 
 pub mod agent;
+pub mod http;
 pub mod kubelet;
 pub mod kustomize;
 pub mod power;

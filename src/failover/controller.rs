@@ -184,6 +184,8 @@ struct Term {
     agents_down: BTreeMap<String, AgentDown>,
     /// `edgeplex.io/active` values this controller wrote that its watches may not show yet.
     written: Written,
+    /// Dead-node taints this controller added (`true`) or removed (`false`), likewise.
+    tainted: Written,
 }
 
 /// How long a label write of ours overrides what the watches show, at most: watch events arrive
@@ -205,19 +207,45 @@ impl Written {
     }
 
     /// Lay the remembered writes over `views` (read from the stores at `now`), forgetting those
-    /// the stores now show, or that are too old to trust.
-    fn overlay(&mut self, views: &mut [NodeView], now: Instant) {
+    /// the stores now show, or that are too old to trust. `shown` reads the written value from a
+    /// view, `set` lays it over one.
+    fn overlay(
+        &mut self,
+        views: &mut [NodeView],
+        now: Instant,
+        shown: fn(&NodeView) -> bool,
+        set: fn(&mut NodeView, bool),
+    ) {
         self.0
             .retain(|_, (_, at)| now.duration_since(*at) < WRITE_OVERRIDE_MAX);
         for v in views.iter_mut() {
-            if let Some(&(active, _)) = self.0.get(&v.name) {
-                if v.active == active {
+            if let Some(&(value, _)) = self.0.get(&v.name) {
+                if shown(v) == value {
                     self.0.remove(&v.name);
                 } else {
-                    v.active = active;
+                    set(v, value);
                 }
             }
         }
+    }
+
+    /// [`Written::overlay`] of the active label.
+    fn overlay_active(&mut self, views: &mut [NodeView], now: Instant) {
+        self.overlay(views, now, |v| v.active, |v, a| v.active = a);
+    }
+
+    /// [`Written::overlay`] of the dead-node taint (a node has at most one failover taint: the
+    /// controller adds its own only when there is none).
+    fn overlay_dead_taint(&mut self, views: &mut [NodeView], now: Instant) {
+        self.overlay(
+            views,
+            now,
+            |v| v.dead_taint,
+            |v, t| {
+                v.dead_taint = t;
+                v.failover_taint = t;
+            },
+        );
     }
 }
 
@@ -364,6 +392,7 @@ impl Reconciler {
             memory: Memory::default(),
             agents_down: BTreeMap::new(),
             written: Written::default(),
+            tainted: Written::default(),
         };
         while !shutdown.requested() && leadership.is_leader() {
             if state.all_ready() {
@@ -393,7 +422,8 @@ impl Reconciler {
             }
         }
         let mut views: Vec<_> = nodes.values().filter_map(|n| node_view(n)).collect();
-        term.written.overlay(&mut views, now);
+        term.written.overlay_active(&mut views, now);
+        term.tainted.overlay_dead_taint(&mut views, now);
         views.retain(|n| n.group.is_some() || n.active);
         let by_name = |store: &Store<Lease>| -> BTreeMap<String, Arc<Lease>> {
             store
@@ -426,8 +456,12 @@ impl Reconciler {
             node_leases: term.kubelets.observations(),
         };
         let decision = decide(&snapshot, &self.policy, &term.memory);
-        for (node, active) in self.execute(&decision, leadership).await {
+        let (labels, taints) = self.execute(&decision, leadership).await;
+        for (node, active) in labels {
             term.written.record(&node, active, Instant::now());
+        }
+        for (node, tainted) in taints {
+            term.tainted.record(&node, tainted, Instant::now());
         }
         for (node, why) in &decision.agents_down {
             if term.agents_down.get(node) != Some(why) {
@@ -458,10 +492,15 @@ impl Reconciler {
 
     /// Carry out the actions in order. A failed label write ends the round (the next round
     /// starts again from what the API shows); a failed event or taint is logged and skipped.
-    /// Returns the active-label writes that succeeded (node, value).
-    async fn execute(&self, d: &Decision, leadership: &Leadership) -> Vec<(String, bool)> {
+    /// Returns the active-label writes and the dead-taint changes that succeeded (node, value).
+    async fn execute(
+        &self,
+        d: &Decision,
+        leadership: &Leadership,
+    ) -> (Vec<(String, bool)>, Vec<(String, bool)>) {
         let mut labelled = Vec::new();
         let mut written = Vec::new();
+        let mut tainted = Vec::new();
         for action in &d.actions {
             if !leadership.is_leader() {
                 tracing::warn!("leadership lost during a round; not writing further");
@@ -486,16 +525,24 @@ impl Reconciler {
                     r.map_err(|e| ("clear_active", e))
                 }
                 Action::Taint { node } => {
-                    if let Err(e) = self.edit_taints(node, true).await {
-                        self.metrics.api_error("taint");
-                        tracing::warn!(node = %node, error = %e, "cannot taint the dead node; retrying next round");
+                    match self.edit_taints(node, true).await {
+                        Ok(true) => tainted.push((node.clone(), true)),
+                        Ok(false) => {}
+                        Err(e) => {
+                            self.metrics.api_error("taint");
+                            tracing::warn!(node = %node, error = %e, "cannot taint the dead node; retrying next round");
+                        }
                     }
                     Ok(())
                 }
                 Action::Untaint { node } => {
-                    if let Err(e) = self.edit_taints(node, false).await {
-                        self.metrics.api_error("untaint");
-                        tracing::warn!(node = %node, error = %e, "cannot untaint the revived node; retrying next round");
+                    match self.edit_taints(node, false).await {
+                        Ok(true) => tainted.push((node.clone(), false)),
+                        Ok(false) => {}
+                        Err(e) => {
+                            self.metrics.api_error("untaint");
+                            tracing::warn!(node = %node, error = %e, "cannot untaint the revived node; retrying next round");
+                        }
                     }
                     Ok(())
                 }
@@ -522,7 +569,7 @@ impl Reconciler {
                 self.metrics.handover(&h.group, h.reason);
             }
         }
-        written
+        (written, tainted)
     }
 
     async fn set_active(&self, node: &str) -> Result<(), kube::Error> {
@@ -560,13 +607,14 @@ impl Reconciler {
     /// node has a failover taint already, or remove it (only that value: the agent's own
     /// failover taint stays). Every other taint is kept: `spec.taints` is an atomic list, so
     /// this is a read-modify-write guarded by `resourceVersion`, retried on 409.
-    async fn edit_taints(&self, node: &str, add: bool) -> Result<(), kube::Error> {
+    /// Returns whether it changed the taints.
+    async fn edit_taints(&self, node: &str, add: bool) -> Result<bool, kube::Error> {
         let is_failover = |t: &Taint| t.key == FAILOVER_TAINT && t.effect == "NoExecute";
         let mut attempt = 0;
         loop {
             attempt += 1;
             let Some(current) = self.nodes.get_opt(node).await? else {
-                return Ok(());
+                return Ok(false);
             };
             let mut taints = current
                 .spec
@@ -575,7 +623,7 @@ impl Reconciler {
                 .unwrap_or_default();
             if add {
                 if taints.iter().any(is_failover) {
-                    return Ok(());
+                    return Ok(false);
                 }
                 taints.push(Taint {
                     key: FAILOVER_TAINT.into(),
@@ -588,7 +636,7 @@ impl Reconciler {
                 taints
                     .retain(|t| !(is_failover(t) && t.value.as_deref() == Some(DEAD_TAINT_VALUE)));
                 if taints.len() == before {
-                    return Ok(());
+                    return Ok(false);
                 }
             }
             // A merge patch carrying the resourceVersion just read: the API server refuses it
@@ -609,7 +657,7 @@ impl Reconciler {
                     } else {
                         tracing::info!(node = %node, "removed the dead-node taint: the node renews its Lease again");
                     }
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(kube::Error::Api(s)) if s.is_conflict() && attempt < TAINT_ATTEMPTS => {
                     tracing::debug!(node = %node, attempt, "taint write conflicted; re-reading");
@@ -698,23 +746,39 @@ mod tests {
         written.record("b", false, t0);
         // The watches have not delivered the writes yet: the round sees them anyway.
         let mut views = vec![view("p", false), view("b", true), view("x", false)];
-        written.overlay(&mut views, t0 + Duration::from_millis(5));
+        written.overlay_active(&mut views, t0 + Duration::from_millis(5));
         assert_eq!(
             views.iter().map(|v| v.active).collect::<Vec<_>>(),
             [true, false, false]
         );
         // The stores show "p" now: its override is dropped, "b"'s stays.
         let mut views = vec![view("p", true), view("b", true)];
-        written.overlay(&mut views, t0 + Duration::from_millis(10));
+        written.overlay_active(&mut views, t0 + Duration::from_millis(10));
         assert!(views[0].active && !views[1].active);
         assert_eq!(written.0.keys().collect::<Vec<_>>(), ["b"]);
         // Later the label changes again (someone else): the stores are believed again.
         let mut views = vec![view("p", false)];
-        written.overlay(&mut views, t0 + Duration::from_millis(20));
+        written.overlay_active(&mut views, t0 + Duration::from_millis(20));
         assert!(!views[0].active);
         // An override the stores never confirm ends after WRITE_OVERRIDE_MAX.
         let mut views = vec![view("b", true)];
-        written.overlay(&mut views, t0 + WRITE_OVERRIDE_MAX);
+        written.overlay_active(&mut views, t0 + WRITE_OVERRIDE_MAX);
         assert!(views[0].active && written.0.is_empty());
+    }
+
+    #[test]
+    fn a_removed_dead_taint_is_seen_gone_until_the_stores_agree() {
+        let t0 = Instant::now();
+        let mut tainted = Written::default();
+        tainted.record("p", false, t0);
+        let mut stale = view("p", false);
+        stale.dead_taint = true;
+        stale.failover_taint = true;
+        let mut views = vec![stale.clone()];
+        tainted.overlay_dead_taint(&mut views, t0);
+        assert!(!views[0].dead_taint && !views[0].failover_taint);
+        let mut views = vec![view("p", false)];
+        tainted.overlay_dead_taint(&mut views, t0);
+        assert!(tainted.0.is_empty());
     }
 }

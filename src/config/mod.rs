@@ -348,7 +348,7 @@ impl Config {
                 .into_iter()
                 .map(|(name, value)| {
                     let prefix = format!("stream.{name}");
-                    check_stream_name(&name, &prefix)?;
+                    crate::settings::check_name("stream", &name, &prefix)?;
                     Ok((name, Stream::from_value(value, &prefix)?))
                 })
                 .collect::<Result<_, ConfigError>>()?,
@@ -458,22 +458,6 @@ impl Config {
     pub fn to_toml(&self) -> String {
         // Every value serializes (paths are UTF-8 or refused at load time by TOML itself).
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
-    }
-}
-
-fn check_stream_name(name: &str, prefix: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError(format!(
-            "{prefix}: stream name {name:?} must be 1-63 characters of a-z, 0-9, - and _, starting with a letter or digit"
-        )))
     }
 }
 

@@ -139,7 +139,7 @@ impl DiscoverySettings {
             .into_iter()
             .map(|(name, v)| {
                 let p = format!("{prefix}.rule.{name}");
-                check_rule_name(&name, &p)?;
+                crate::settings::check_name("rule", &name, &p)?;
                 Ok((name, Rule::from_value(v, &p)?))
             })
             .collect::<Result<_, ConfigError>>()?;
@@ -187,22 +187,6 @@ impl Serialize for DiscoverySettings {
             t.insert("rule".into(), Value::Table(rules));
         }
         t.serialize(s)
-    }
-}
-
-fn check_rule_name(name: &str, prefix: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError(format!(
-            "{prefix}: rule name {name:?} must be 1-63 characters of a-z, 0-9, - and _, starting with a letter or digit"
-        )))
     }
 }
 

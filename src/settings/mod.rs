@@ -86,3 +86,22 @@ pub fn check_secs(key: &str, v: f64, lo: f64, hi: f64) -> Result<(), String> {
         ))
     }
 }
+
+/// Check the name of a stream or a discovery rule (`what`) at `prefix`: 1-63 characters of
+/// a-z, 0-9, `-` and `_`, starting with a letter or digit (a path component, a label value and
+/// a device-plugin resource name all accept it).
+pub fn check_name(what: &str, name: &str, prefix: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "{prefix}: {what} name {name:?} must be 1-63 characters of a-z, 0-9, - and _, starting with a letter or digit"
+        )))
+    }
+}

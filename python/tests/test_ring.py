@@ -103,6 +103,40 @@ def test_array_is_a_zero_copy_view_of_the_slot(ring_dir: Path, start_writer):
     assert int(a[5, 5, 1]) == 2
 
 
+def test_each_message_gets_its_own_slot_also_from_a_view_made_before_the_wait(
+        ring_dir: Path, start_writer):
+    """next() and latest() make the view of the slot they expect the next message in before
+    they wait (Views::prepare); a wrong guess must never reach a message. Here the guess is right
+    for every message read while the writer is slower (the reader waits), and wrong after each
+    pause, when latest() skips ahead."""
+    path = ring_dir / "pre.ring"
+    w = start_writer(path, slots=3, width=64, height=48, fill="uniform")
+    assert w.proc.stdin is not None
+    with edgeplex.Ring(path, start="next") as ring:
+        w.proc.stdin.write("publish 40 200\n")
+        w.proc.stdin.flush()
+        seen = skipped = 0
+        m = ring.next(timeout=WATCHDOG)
+        while m is not None and m.seq < 39:
+            a = m.array()
+            value = m.seq % 251
+            assert a.ctypes.data == m.address, f"message {m.seq}: a view of another slot"
+            ok = int(a.min()) == int(a.max()) == value
+            assert ok or not m.intact(), f"message {m.seq}: the view shows another message"
+            b = m.array()
+            assert b is not a and np.shares_memory(a, b) and b.shape == (48, 64, 2)
+            seen += 1
+            if seen % 5 == 0:
+                time.sleep(0.02)  # the writer gets ahead: the guess for latest() is wrong
+                m = ring.latest(timeout=WATCHDOG)
+                skipped += m.lost_before if m is not None else 0
+            else:
+                m = ring.next(timeout=WATCHDOG)
+    w.expect("published")
+    w.stop()
+    assert seen >= 10 and skipped > 0, (seen, skipped)
+
+
 def test_torn_data_never_passes_intact(ring_dir: Path, start_writer):
     path = ring_dir / "torn.ring"
     w = start_writer(path, slots=2, width=512, height=512, fill="uniform")

@@ -267,6 +267,16 @@ impl Reader {
         self.cursor
     }
 
+    /// Where the payload of the message at [`Reader::cursor`] will be, in place: the slot the
+    /// writer publishes the next message into. Nothing is read through it; a binding that
+    /// prepares an object per slot (a numpy view) before it waits compares it with
+    /// [`MessageHandle::as_ptr`](crate::MessageHandle::as_ptr) after the wait.
+    pub fn upcoming_payload(&self) -> *const u8 {
+        let g = &self.geometry;
+        let slot = self.cursor % u64::from(g.slot_count);
+        self.mem.ptr_at(g.payload_at(slot), g.slot_size)
+    }
+
     /// Messages lost so far: skipped because the writer lapped this reader, plus messages found
     /// torn after use ([`Message::finish`]).
     pub fn lost(&self) -> u64 {

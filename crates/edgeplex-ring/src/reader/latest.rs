@@ -86,6 +86,32 @@ mod tests {
     }
 
     #[test]
+    fn upcoming_payload_is_where_the_next_message_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 3, 64);
+        let mut r = Reader::open(&dir.path().join("t.ring"), Start::Next).unwrap();
+        let mut seen = Vec::new();
+        // Round the ring twice, by next() and by latest(), a message at a time.
+        for i in 0..6u8 {
+            let expected = r.upcoming_payload();
+            w.publish(&[i], Meta::default()).unwrap();
+            let got = if i % 2 == 0 {
+                r.next(Duration::ZERO).unwrap()
+            } else {
+                r.latest(Duration::ZERO).unwrap()
+            };
+            let Recv::Message(m) = got else {
+                panic!("message {i}: {got:?}")
+            };
+            assert_eq!(m.handle().as_ptr(), expected, "message {i}");
+            seen.push(expected);
+        }
+        // Three distinct slots, reused in order.
+        assert_eq!(seen[..3], seen[3..]);
+        assert!(seen[0] != seen[1] && seen[1] != seen[2] && seen[0] != seen[2]);
+    }
+
+    #[test]
     fn a_handle_outlives_the_reader_and_sees_a_lap() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = writer(dir.path(), 2, 64);

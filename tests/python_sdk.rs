@@ -181,6 +181,9 @@ fn pytest_suite() {
         .env("EDGEPLEX_TEST_EXE", &exe)
         .env("EDGEPLEX_C_LIB", target_dir.join("libedgeplex_ring_c.a"))
         .env("EDGEPLEX_ROOT", ROOT)
+        // The ring crate's examples, which `python/bench/latency.py` runs (built by
+        // `cargo test --workspace`).
+        .env("EDGEPLEX_EXAMPLES", target_dir.join("examples"))
         .env_remove("EDGEPLEX_LOG")
         .env_remove("EDGEPLEX_RING_DIR")
         .status()

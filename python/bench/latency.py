@@ -6,8 +6,15 @@ the other on the same ring, two readers: the Rust reader (`examples/latency.rs`,
 pointer in place), then this script (`ring.next()` then `msg.array()`). One at a time, so that
 on a small machine neither reader queues behind the other for a CPU when both are woken. For each: latency percentiles (reader's CLOCK_REALTIME when the frame is in
 hand, minus the writer's publish_ns), CPU per frame, and bytes copied per frame (Python: what
-tracemalloc saw array() allocate: the view object, never the frame). Prints one JSON object
-with the ratio python_p50 / rust_p50 (target: <= 1.5).
+tracemalloc saw array() allocate: the view object, never the frame). Python's p50 is also given
+for the message in hand (after `next()`, before `array()`).
+
+Then the floor, without edgeplex: the same wake-up through a FIFO (a writer process filling a
+frame's worth of memory, then sending the time) read by native code (`floor.c`, built with cc)
+and by `os.read()` in this interpreter. Its ratio is what CPython alone costs on this machine
+between a wake-up and a line of Python, the least any Python reader can add.
+
+Prints one JSON object with the ratio python_p50 / rust_p50 (target: <= 1.5) and the floor's.
 
     cargo build --release -p edgeplex-ring --example write --example latency
     target/pyenv/bin/python python/bench/latency.py --frames 300
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +44,50 @@ def cpu_ns() -> int:
         return int(f.read().split()[0])
 
 
+def p50_us(lat: list) -> float:
+    lat = sorted(lat)
+    return round(lat[(len(lat) - 1) // 2] / 1e3, 1) if lat else 0.0
+
+
+def floor(frames: int, fps: int, fill: int) -> dict:
+    """CPython's own cost from a wake-up to Python code, against C on the same FIFO."""
+    cc = shutil.which("cc")
+    if cc is None:
+        return {"skipped": "no C compiler (cc) on PATH"}
+    src = Path(__file__).with_name("floor.c")
+    with tempfile.TemporaryDirectory(prefix="edgeplex-floor-") as d:
+        exe, fifo = Path(d) / "floor", Path(d) / "fifo"
+        subprocess.run([cc, "-O2", "-o", str(exe), str(src)], check=True)
+        os.mkfifo(fifo)
+        period_us = str(1_000_000 // max(fps, 1))
+
+        def writer() -> subprocess.Popen:
+            return subprocess.Popen([str(exe), "write", str(fifo), str(frames), period_us,
+                                     str(fill)])
+
+        w = writer()
+        c = subprocess.run([str(exe), "read", str(fifo), str(frames)], capture_output=True,
+                           text=True, timeout=600, check=True)
+        w.wait(timeout=60)
+        w = writer()
+        fd = os.open(fifo, os.O_RDONLY)
+        lat = []
+        read, now = os.read, time.time_ns
+        try:
+            while len(lat) < frames:
+                b = read(fd, 8)
+                if len(b) < 8:
+                    break
+                lat.append(now() - int.from_bytes(b, sys.byteorder))
+        finally:
+            os.close(fd)
+            w.wait(timeout=60)
+    c_p50 = json.loads(c.stdout)["p50_us"]
+    py_p50 = p50_us(lat)
+    return {"c_read_p50_us": c_p50, "python_os_read_p50_us": py_p50,
+            "p50_ratio_python_over_c": round(py_p50 / c_p50, 2) if c_p50 else None}
+
+
 def main() -> int:
     root = Path(__file__).resolve().parents[2]
     ap = argparse.ArgumentParser(description="publish -> numpy array latency, Python vs Rust")
@@ -44,6 +97,8 @@ def main() -> int:
     ap.add_argument("--height", type=int, default=2048)
     ap.add_argument("--writer", default=str(root / "target/release/examples/write"))
     ap.add_argument("--rust-reader", default=str(root / "target/release/examples/latency"))
+    ap.add_argument("--no-floor", dest="floor", action="store_false",
+                    help="skip the FIFO floor (native vs os.read)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgeplex-bench-", dir="/dev/shm") as d:
         path = Path(d) / "cam0.ring"
@@ -55,6 +110,7 @@ def main() -> int:
                               capture_output=True, text=True, timeout=600, check=True)
         rust_out = rust.stdout
         lat = []
+        in_hand = []
         copied = []
         nbytes = 0
         with edgeplex.Ring(path, start="next") as ring:
@@ -63,11 +119,13 @@ def main() -> int:
             cpu0 = cpu_ns()
             while len(lat) < args.frames:
                 msg = ring.next(timeout=5)
+                got = time.time_ns()
                 if msg is None:
                     break
                 a = msg.array()
                 now = time.time_ns()
                 lat.append(now - msg.publish_ns)
+                in_hand.append(got - msg.publish_ns)
                 nbytes = a.nbytes
                 del a
             cpu = cpu_ns() - cpu0
@@ -90,15 +148,17 @@ def main() -> int:
 
     py = {"reader": "python", "frames": len(lat), "len": nbytes, "p50_us": round(q(0.5), 1),
           "p90_us": round(q(0.9), 1), "p99_us": round(q(0.99), 1),
+          "message_in_hand_p50_us": p50_us(in_hand),
           "cpu_per_frame_us": round(cpu / 1e3 / max(len(lat), 1), 1),
           "bytes_copied_per_frame": 0,
           "array_alloc_bytes_per_frame_max": max(copied) if copied else None,
           "lost": lost}
     rs = json.loads(rust_out.strip().splitlines()[-1])
     ratio = py["p50_us"] / rs["p50_us"] if rs.get("p50_us") else None
+    fl = floor(args.frames, args.fps, nbytes) if args.floor else {"skipped": "--no-floor"}
     print(json.dumps({"frame_bytes": nbytes, "fps": args.fps, "python": py, "rust": rs,
                       "p50_ratio_python_over_rust": round(ratio, 2) if ratio else None,
-                      "target_ratio": 1.5}))
+                      "target_ratio": 1.5, "floor": fl}))
     return 0
 
 

@@ -3,7 +3,8 @@
 Run by `cargo test --test python_sdk` (tests/python_sdk.rs), which passes the paths below in the
 environment: EDGEPLEX_BIN (the edgeplex binary), EDGEPLEX_TEST_EXE (the Rust test binary, whose
 `writer_child` and `reader_child` are the library's writer and reader), EDGEPLEX_C_LIB
-(libedgeplex_ring_c.a) and EDGEPLEX_ROOT (the checkout).
+(libedgeplex_ring_c.a), EDGEPLEX_ROOT (the checkout) and EDGEPLEX_EXAMPLES (the ring crate's
+examples, for the bench).
 """
 
 from __future__ import annotations

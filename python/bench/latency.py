@@ -12,7 +12,9 @@ for the message in hand (after `next()`, before `array()`).
 Then the floor, without edgeplex: the same wake-up through a FIFO (a writer process filling a
 frame's worth of memory, then sending the time) read by native code (`floor.c`, built with cc)
 and by `os.read()` in this interpreter. Its ratio is what CPython alone costs on this machine
-between a wake-up and a line of Python, the least any Python reader can add.
+between a wake-up and a line of Python, the least any Python reader can add. And why: the cost
+per cache line of a 64 KiB working set walked warm, and after the CPU idled for one frame
+period (`floor.c cold`).
 
 Prints one JSON object with the ratio python_p50 / rust_p50 (target: <= 1.5) and the floor's.
 
@@ -82,10 +84,13 @@ def floor(frames: int, fps: int, fill: int) -> dict:
         finally:
             os.close(fd)
             w.wait(timeout=60)
+        cold = subprocess.run([str(exe), "cold", "64", period_us], capture_output=True,
+                              text=True, timeout=600, check=True)
     c_p50 = json.loads(c.stdout)["p50_us"]
     py_p50 = p50_us(lat)
     return {"c_read_p50_us": c_p50, "python_os_read_p50_us": py_p50,
-            "p50_ratio_python_over_c": round(py_p50 / c_p50, 2) if c_p50 else None}
+            "p50_ratio_python_over_c": round(py_p50 / c_p50, 2) if c_p50 else None,
+            "cold_caches": json.loads(cold.stdout)}
 
 
 def main() -> int:

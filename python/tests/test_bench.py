@@ -39,3 +39,6 @@ def test_the_latency_bench_runs_and_reports_every_figure():
         assert py[p] > 0, (p, report)
     assert rs["p50_us"] > 0 and report["p50_ratio_python_over_rust"] > 0
     assert fl["c_read_p50_us"] > 0 and fl["python_os_read_p50_us"] > 0, fl
+    cold = fl["cold_caches"]
+    assert cold["kib"] == 64 and cold["sleep_us"] == 10_000, cold
+    assert cold["warm_ns_per_line"] > 0 and cold["idle_ns_per_line"] > 0, cold

@@ -15,6 +15,7 @@
  * caches makes every line touched between a wake-up and the frame in hand cost latency.
  */
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,17 +94,24 @@ static int cold(long kib, long sleep_us) {
 }
 
 int main(int argc, char **argv) {
-    if (argc >= 4 && strcmp(argv[1], "write") == 0 && argc == 6) {
-        int fd = open(argv[2], O_WRONLY);
-        long count = atol(argv[3]), period_us = atol(argv[4]);
-        size_t fill = (size_t)atol(argv[5]);
-        char *buf = malloc(fill ? fill : 1);
-        if (fd < 0 || !buf || count <= 0 || period_us <= 0) {
-            fprintf(stderr, "floor write: bad arguments or FIFO\n");
+    if (argc == 6 && strcmp(argv[1], "write") == 0) {
+        long count = atol(argv[3]), period_us = atol(argv[4]), fill = atol(argv[5]);
+        if (count <= 0 || period_us <= 0 || fill < 1 || fill > (1L << 30)) {
+            fprintf(stderr, "floor write: COUNT and PERIOD_US >= 1, FILL_BYTES from 1 to 2^30\n");
             return 64;
         }
+        volatile char *buf = malloc((size_t)fill);
+        int fd = open(argv[2], O_WRONLY); /* blocks until the reader opens it */
+        if (fd < 0 || !buf) {
+            fprintf(stderr, "floor write: cannot open %s or allocate\n", argv[2]);
+            return 66;
+        }
+        signal(SIGPIPE, SIG_IGN); /* a reader gone early ends the run (EPIPE), not a signal */
         for (long i = 0; i < count; i++) {
-            memset(buf, (int)i, fill);
+            /* The frame: a byte into each 64-byte line, through a volatile pointer so that no
+             * compiler drops it (a memset of memory never read may be dropped). */
+            for (long b = 0; b < fill; b += 64)
+                buf[b] = (char)i;
             uint64_t now = realtime_ns();
             if (write(fd, &now, sizeof now) != sizeof now)
                 return 0; /* the reader is gone */
@@ -113,12 +121,16 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc == 4 && strcmp(argv[1], "read") == 0) {
-        int fd = open(argv[2], O_RDONLY);
         long count = atol(argv[3]);
-        uint64_t *lat = calloc(count > 0 ? (size_t)count : 1, sizeof *lat);
-        if (fd < 0 || !lat || count <= 0) {
-            fprintf(stderr, "floor read: bad arguments or FIFO\n");
+        if (count <= 0 || count > 10000000) {
+            fprintf(stderr, "floor read: COUNT from 1 to 10^7\n");
             return 64;
+        }
+        uint64_t *lat = calloc((size_t)count, sizeof *lat);
+        int fd = open(argv[2], O_RDONLY); /* blocks until the writer opens it */
+        if (fd < 0 || !lat) {
+            fprintf(stderr, "floor read: cannot open %s or allocate\n", argv[2]);
+            return 66;
         }
         long n = 0;
         uint64_t sent;

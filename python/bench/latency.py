@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -72,7 +73,16 @@ def floor(frames: int, fps: int, fill: int) -> dict:
                            text=True, timeout=600, check=True)
         w.wait(timeout=60)
         w = writer()
-        fd = os.open(fifo, os.O_RDONLY)
+        # The open waits for the writer; if it died instead, fail rather than hang.
+        def never_opened(*_: object) -> None:
+            raise TimeoutError(f"floor: the FIFO writer never opened {fifo}")
+
+        signal.signal(signal.SIGALRM, never_opened)
+        signal.alarm(60)
+        try:
+            fd = os.open(fifo, os.O_RDONLY)
+        finally:
+            signal.alarm(0)
         lat = []
         read, now = os.read, time.time_ns
         try:
@@ -86,7 +96,11 @@ def floor(frames: int, fps: int, fill: int) -> dict:
             w.wait(timeout=60)
         cold = subprocess.run([str(exe), "cold", "64", period_us], capture_output=True,
                               text=True, timeout=600, check=True)
-    c_p50 = json.loads(c.stdout)["p50_us"]
+    c_run = json.loads(c.stdout)
+    if c_run["frames"] != frames or len(lat) != frames:
+        raise RuntimeError(f"floor: {c_run['frames']} frames in C and {len(lat)} in Python, "
+                           f"not {frames}: did the FIFO writer fail?")
+    c_p50 = c_run["p50_us"]
     py_p50 = p50_us(lat)
     return {"c_read_p50_us": c_p50, "python_os_read_p50_us": py_p50,
             "p50_ratio_python_over_c": round(py_p50 / c_p50, 2) if c_p50 else None,

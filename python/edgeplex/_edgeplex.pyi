@@ -2,7 +2,7 @@
 
 from os import PathLike
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -91,6 +91,10 @@ class Ring:
     def epoch(self) -> int: ...
     @property
     def writer_alive(self) -> bool: ...
+    @property
+    def _prepared_views(self) -> Tuple[int, int]:
+        """Diagnostics: (used, wasted) views made before a wait for the slot the next message
+        was expected in."""
     def next(self, timeout: Optional[float] = None) -> Optional[Message]: ...
     def latest(self, timeout: Optional[float] = None) -> Optional[Message]: ...
     def close(self) -> None: ...

@@ -39,11 +39,13 @@ cgroup_manager = "cgroupfs"
 
 
 def podman_or_skip() -> str:
+    """podman with runc (CONTAINERS_CONF asks for it: crun fails here on setrlimit and on
+    hybrid cgroups)."""
     podman = shutil.which("podman")
-    if podman is None:
+    if podman is None or shutil.which("runc") is None:
         if os.environ.get("CI"):
-            pytest.fail("CI must provide podman (.ci/run installs buildah, podman and runc)")
-        pytest.skip("podman is not installed (apt-get install podman runc)")
+            pytest.fail("CI must provide podman and runc (.ci/run installs them)")
+        pytest.skip("podman or runc is not installed (apt-get install podman runc)")
     return podman
 
 
@@ -62,40 +64,49 @@ def mirror(root: Path, path: Path) -> None:
         shutil.copy2(path.resolve(), dest)
 
 
-def needed_libraries(files: list) -> set:
-    """Every shared library `ldd` resolves for `files` (the dynamic loader included)."""
-    libs = set()
+def needed_libraries(files: list) -> tuple:
+    """Every shared library `ldd` resolves for `files` (the dynamic loader included), and the
+    names of those it cannot find."""
+    libs, missing = set(), set()
     for f in files:
         out = subprocess.run(["ldd", str(f)], capture_output=True, text=True)
         for line in out.stdout.splitlines():
             parts = line.split()
+            if "not found" in line:
+                missing.add(f"{parts[0]} (for {f})")
+                continue
             path = parts[2] if "=>" in parts and len(parts) > 2 else parts[0]
             if path.startswith("/"):
                 libs.add(Path(path))
-    return libs
+    return libs, missing
 
 
 def stage(root: Path) -> tuple:
-    """The consumer's root filesystem; returns (interpreter, site-packages) inside it."""
+    """The consumer's root filesystem; returns the interpreter and the PYTHONPATH inside it
+    (numpy's site-packages, and the package's own directory if it is elsewhere, as after an
+    editable `maturin develop`)."""
     python = Path(os.path.realpath(sys.executable))
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     site = Path(numpy.__file__).resolve().parent.parent
     mirror(root, python)
     mirror(root, stdlib)
-    packages = [Path(edgeplex.__file__).resolve().parent, site / "numpy", site / "numpy.libs"]
+    package = Path(edgeplex.__file__).resolve().parent
+    packages = [package, site / "numpy", site / "numpy.libs"]
     for p in packages:
         if p.exists():
             mirror(root, p)
     binaries = [python] + [f for d in [stdlib] + packages if d.exists()
                            for f in d.rglob("*.so*") if f.is_file()]
-    for lib in needed_libraries(binaries):
+    libs, missing = needed_libraries(binaries)
+    assert not missing, f"ldd cannot find {sorted(missing)}: the container would not start"
+    for lib in libs:
         mirror(root, lib)
     example = root / "opt/edgeplex/motion.py"
     example.parent.mkdir(parents=True)
     shutil.copy2(Path(need("EDGEPLEX_ROOT")) / "docs/examples/motion.py", example)
     for d in [root] + [p for p in root.rglob("*") if p.is_dir()]:
         d.chmod(0o755)
-    return python, site
+    return python, ":".join(dict.fromkeys([str(site), str(package.parent)]))
 
 
 def test_motion_consumer_runs_in_a_container(ring_dir: Path, tmp_path: Path):
@@ -104,29 +115,35 @@ def test_motion_consumer_runs_in_a_container(ring_dir: Path, tmp_path: Path):
     conf.write_text(CONTAINERS_CONF)
     root = tmp_path / "rootfs"
     root.mkdir()
-    python, site = stage(root)
+    python, pythonpath = stage(root)
     ring_dir.chmod(0o755)
     name = f"edgeplex-motion-{os.getpid()}"
     env = dict(os.environ, CONTAINERS_CONF=str(conf))
-    demo = subprocess.Popen([need("EDGEPLEX_BIN"), "demo", "--duration", "8", "--width", "160",
-                             "--height", "120", "--ring-dir", str(ring_dir),
+    # The agent runs until the consumer is done (stopped with SIGTERM, as on a node), however
+    # slowly the container starts; the consumer waits for the ring if it comes first (--wait).
+    demo = subprocess.Popen([need("EDGEPLEX_BIN"), "demo", "--duration", str(WATCHDOG * 3),
+                             "--width", "160", "--height", "120", "--ring-dir", str(ring_dir),
                              "--metrics-listen", ""],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        # Started before the ring exists: the consumer waits for it (--wait).
         out = subprocess.run(
             [podman, "run", "--rm", "--name", name, "--network", "none", "--cap-drop=all",
              "--user", "65532:65532", "--read-only", "--rootfs",
-             "-v", f"{ring_dir}:/rings:ro", "-e", f"PYTHONPATH={site}",
+             "-v", f"{ring_dir}:/rings:ro", "-e", f"PYTHONPATH={pythonpath}",
              "-e", "EDGEPLEX_RING_CAM0=/rings/cam0/cam0.ring", str(root),
              str(python), "-s", "/opt/edgeplex/motion.py", "/rings/cam0/cam0.ring",
              "--seconds", "3.5", "--wait", "30"],
             capture_output=True, text=True, timeout=WATCHDOG * 2, env=env)
     finally:
-        subprocess.run([podman, "rm", "--force", "--ignore", name], capture_output=True,
-                       env=env)
-        _, demo_err = demo.communicate(timeout=WATCHDOG)
-        shutil.rmtree(root)  # about 130 MB
+        try:
+            subprocess.run([podman, "rm", "--force", "--ignore", name], capture_output=True,
+                           env=env, timeout=WATCHDOG)
+            demo.terminate()
+            _, demo_err = demo.communicate(timeout=WATCHDOG)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+            shutil.rmtree(root)  # about 130 MB
     assert demo.returncode == 0, demo_err
     assert out.returncode == 0, f"podman run: {out.returncode}\n{out.stderr}"
     lines = [json.loads(l) for l in out.stdout.splitlines()]

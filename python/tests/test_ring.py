@@ -103,38 +103,77 @@ def test_array_is_a_zero_copy_view_of_the_slot(ring_dir: Path, start_writer):
     assert int(a[5, 5, 1]) == 2
 
 
+def check_own_slot(m: edgeplex.Message, shape: tuple) -> None:
+    """The message's array() is its own slot's payload (uniform fill: seq % 251)."""
+    a = m.array()
+    assert a.shape == shape and a.ctypes.data == m.address, f"message {m.seq}: another slot"
+    assert m.intact() and int(a.min()) == int(a.max()) == m.seq % 251, f"message {m.seq}"
+    b = m.array()
+    assert b is not a and np.shares_memory(a, b) and b.shape == shape
+
+
 def test_each_message_gets_its_own_slot_also_from_a_view_made_before_the_wait(
         ring_dir: Path, start_writer):
     """next() and latest() make the view of the slot they expect the next message in before
-    they wait (Views::prepare); a wrong guess must never reach a message. Here the guess is right
-    for every message read while the writer is slower (the reader waits), and wrong after each
-    pause, when latest() skips ahead."""
+    they wait (Views::prepare); the message takes it only if it landed there."""
     path = ring_dir / "pre.ring"
     w = start_writer(path, slots=3, width=64, height=48, fill="uniform")
-    assert w.proc.stdin is not None
     with edgeplex.Ring(path, start="next") as ring:
-        w.proc.stdin.write("publish 40 200\n")
-        w.proc.stdin.flush()
-        seen = skipped = 0
-        m = ring.next(timeout=WATCHDOG)
-        while m is not None and m.seq < 39:
-            a = m.array()
-            value = m.seq % 251
-            assert a.ctypes.data == m.address, f"message {m.seq}: a view of another slot"
-            ok = int(a.min()) == int(a.max()) == value
-            assert ok or not m.intact(), f"message {m.seq}: the view shows another message"
-            b = m.array()
-            assert b is not a and np.shares_memory(a, b) and b.shape == (48, 64, 2)
-            seen += 1
-            if seen % 5 == 0:
-                time.sleep(0.02)  # the writer gets ahead: the guess for latest() is wrong
-                m = ring.latest(timeout=WATCHDOG)
-                skipped += m.lost_before if m is not None else 0
-            else:
-                m = ring.next(timeout=WATCHDOG)
-    w.expect("published")
+        # One message in each slot, each asked for as an array: every slot has its array.
+        for _ in range(3):
+            w.command("publish 1")
+            check_own_slot(ring.next(timeout=WATCHDOG), (48, 64, 2))
+        used, wasted = ring._prepared_views
+        # The writer one message ahead: next() finds each where it guessed.
+        for _ in range(6):
+            w.command("publish 1")
+            check_own_slot(ring.next(timeout=WATCHDOG), (48, 64, 2))
+        assert ring._prepared_views == (used + 6, wasted)
+        # Two ahead: latest() skips one and lands one slot past the guess, every time.
+        for _ in range(3):
+            w.command("publish 2")
+            m = ring.latest(timeout=WATCHDOG)
+            assert m is not None and m.lost_before == 1
+            check_own_slot(m, (48, 64, 2))
+        assert ring._prepared_views == (used + 6, wasted + 3)
     w.stop()
-    assert seen >= 10 and skipped > 0, (seen, skipped)
+
+
+def test_views_follow_a_geometry_change_met_while_waiting(ring_dir: Path, start_writer):
+    """A view prepared for the old file is never handed to a message of the new one, and the
+    old file is unmapped once its own messages are gone, even if one was asked for an array
+    after the reader moved on."""
+    path = ring_dir / "cam0" / "cam0.ring"
+
+    def old_mappings() -> list:
+        with open("/proc/self/maps") as f:
+            return [l for l in f if str(path) in l and l.rstrip().endswith("(deleted)")]
+
+    first = start_writer(path, width=64, height=48, slots=4, fill="uniform")
+    with edgeplex.Ring(path, start="next") as ring:
+        for _ in range(6):
+            first.command("publish 1")
+            check_own_slot(ring.next(timeout=WATCHDOG), (48, 64, 2))
+        first.command("publish 1")
+        old = ring.next(timeout=WATCHDOG)
+        used, wasted = ring._prepared_views
+        assert used == 3, "the second lap's messages were guessed"
+        first.stop()
+        resized = start_writer(path, width=32, height=16, slots=4, fill="uniform")
+        for _ in range(6):
+            resized.command("publish 1")
+            check_own_slot(ring.next(timeout=WATCHDOG), (16, 32, 2))
+        assert ring.reopened == 1
+        # The old file's guess was dropped at the reopen, not counted; the new file's second
+        # lap is guessed again.
+        assert ring._prepared_views == (used + 2, wasted)
+        assert old_mappings(), "the old message keeps its file mapped"
+        # The first array() is the view made before its wait; the second one looks for the
+        # slot's array, finds none since the reopen, and must not cache the one it makes.
+        assert old.array().shape == old.array().shape == (48, 64, 2)
+        del old
+        assert old_mappings() == [], "the old file stays mapped for nobody"
+    resized.stop()
 
 
 def test_torn_data_never_passes_intact(ring_dir: Path, start_writer):

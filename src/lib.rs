@@ -27,5 +27,6 @@ pub mod settings;
 pub mod shutdown;
 pub mod source;
 pub mod telemetry;
+pub mod thread;
 
 pub use error::{Error, EXIT_CONFIG, EXIT_NOINPUT};

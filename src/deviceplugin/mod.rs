@@ -269,26 +269,15 @@ pub fn follow(
         shares: settings.shares,
     };
     let shutdown = shutdown.clone();
-    let thread = std::thread::Builder::new()
-        .name("device-plugin".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "device plugin: cannot build its runtime; not serving");
-                    return;
-                }
-            };
+    let thread = crate::thread::spawn_with_runtime(
+        "device-plugin",
+        |e| tracing::error!(error = %e, "device plugin: cannot build its runtime; not serving"),
+        move || {
             let span = tracing::info_span!("device_plugin", dir = %ctx.dir.display());
-            rt.block_on(tracing::Instrument::instrument(
-                run(ctx, inotify, rx, shutdown),
-                span,
-            ));
-        })
-        .map_err(DevicePluginError::Start)?;
+            tracing::Instrument::instrument(run(ctx, inotify, rx, shutdown), span)
+        },
+    )
+    .map_err(DevicePluginError::Start)?;
     Ok(Some(DevicePlugin {
         thread,
         streams: streams.clone(),

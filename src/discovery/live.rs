@@ -120,40 +120,37 @@ pub enum LiveError {
 pub fn start(live: Live, shutdown: &Shutdown) -> Result<Discovery, LiveError> {
     let (tx, rx) = std::sync::mpsc::channel::<Result<(), LiveError>>();
     let shutdown = shutdown.clone();
-    let thread = std::thread::Builder::new()
-        .name("discovery".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(LiveError::Start(e)));
-                    return;
-                }
-            };
+    let failed = tx.clone();
+    let thread = crate::thread::spawn_with_runtime(
+        "discovery",
+        move |e| {
+            let _ = failed.send(Err(LiveError::Start(e)));
+        },
+        move || {
             let span = tracing::info_span!("discovery", dev = %live.roots.dev.display());
-            let _entered = span.enter();
-            rt.block_on(async move {
-                let watch = match DevWatch::new(&live.roots.dev) {
-                    Ok(w) => w,
-                    Err(error) => {
-                        let _ = tx.send(Err(LiveError::Watch {
-                            dir: live.roots.dev.clone(),
-                            error,
-                        }));
-                        return;
-                    }
-                };
-                let mut state = State::new(live, shutdown.clone());
-                state.rescan();
-                state.apply(Instant::now()).await;
-                let _ = tx.send(Ok(()));
-                state.run(watch).await;
-            });
-        })
-        .map_err(LiveError::Start)?;
+            tracing::Instrument::instrument(
+                async move {
+                    let watch = match DevWatch::new(&live.roots.dev) {
+                        Ok(w) => w,
+                        Err(error) => {
+                            let _ = tx.send(Err(LiveError::Watch {
+                                dir: live.roots.dev.clone(),
+                                error,
+                            }));
+                            return;
+                        }
+                    };
+                    let mut state = State::new(live, shutdown.clone());
+                    state.rescan();
+                    state.apply(Instant::now()).await;
+                    let _ = tx.send(Ok(()));
+                    state.run(watch).await;
+                },
+                span,
+            )
+        },
+    )
+    .map_err(LiveError::Start)?;
     match rx.recv() {
         Ok(Ok(())) => Ok(Discovery { thread }),
         Ok(Err(e)) => {

@@ -358,45 +358,38 @@ pub fn start(
     }
     let (tx, rx) = std::sync::mpsc::channel::<Result<bool, NodeError>>();
     let (kube, shutdown, registry) = (kube.clone(), shutdown.clone(), registry.clone());
-    let thread = std::thread::Builder::new()
-        .name("node-publisher".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(NodeError::Start(e)));
-                    return;
-                }
-            };
-            // The client spawns its request buffer on the runtime that builds it: build it
-            // on the runtime that drives it.
-            rt.block_on(async move {
-                let prepared = async {
-                    let Some(client) = crate::kube::connect(&kube).await? else {
-                        return Ok(None);
-                    };
-                    let identity = Identity::from_settings(&kube)?;
-                    let metrics = NodeMetrics::register(&registry)?;
-                    Ok::<_, NodeError>(Some((client, identity, metrics)))
+    let failed = tx.clone();
+    // The client spawns its request buffer on the runtime that builds it: build it on the
+    // runtime that drives it.
+    let thread = crate::thread::spawn_with_runtime(
+        "node-publisher",
+        move |e| {
+            let _ = failed.send(Err(NodeError::Start(e)));
+        },
+        move || async move {
+            let prepared = async {
+                let Some(client) = crate::kube::connect(&kube).await? else {
+                    return Ok(None);
                 };
-                match prepared.await {
-                    Ok(Some((client, identity, metrics))) => {
-                        let _ = tx.send(Ok(true));
-                        publish::run(client, identity, settings, inputs, metrics, shutdown).await;
-                    }
-                    Ok(None) => {
-                        let _ = tx.send(Ok(false));
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
+                let identity = Identity::from_settings(&kube)?;
+                let metrics = NodeMetrics::register(&registry)?;
+                Ok::<_, NodeError>(Some((client, identity, metrics)))
+            };
+            match prepared.await {
+                Ok(Some((client, identity, metrics))) => {
+                    let _ = tx.send(Ok(true));
+                    publish::run(client, identity, settings, inputs, metrics, shutdown).await;
                 }
-            });
-        })
-        .map_err(NodeError::Start)?;
+                Ok(None) => {
+                    let _ = tx.send(Ok(false));
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        },
+    )
+    .map_err(NodeError::Start)?;
     let started = rx.recv().unwrap_or_else(|_| {
         Err(NodeError::Start(std::io::Error::other(
             "the node publisher thread ended before connecting",

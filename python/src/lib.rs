@@ -282,16 +282,14 @@ impl Ring {
                 } else {
                     r.next(slice)?
                 };
-                let mut got = match recv {
-                    Recv::Message(m) => Got::Message(m.handle(), 0),
+                Ok(match recv {
+                    Recv::Message(m) => {
+                        let handle = m.handle();
+                        Got::Message(handle, r.upcoming_payload() as usize)
+                    }
                     Recv::Reopened => Got::Reopened,
                     Recv::TimedOut => Got::TimedOut,
-                };
-                // (After the message's borrow of the reader ends.)
-                if let Got::Message(_, upcoming) = &mut got {
-                    *upcoming = r.upcoming_payload() as usize;
-                }
-                Ok(got)
+                })
             })?;
             match got {
                 Got::Message(handle, upcoming) => {

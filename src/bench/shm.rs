@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::machine::{CpuTicks, SchedStat};
+use super::machine::{CpuTicks, SchedSample, SchedStat};
 use super::procs::ReaderReport;
 use super::stats::{nanos, Pacer, SourcePool};
 use crate::ring::{self, CreateOptions, Lender, Meta, Reader, RingSpec, Start, StreamKind, Writer};
@@ -108,6 +108,85 @@ pub fn create(path: &Path, size: usize, slots: u32) -> anyhow::Result<Writer> {
     Ok(w)
 }
 
+/// What a writer loop ([`write`], [`write_lent`]) records: per message after the warm-up, the
+/// timed cost, the stand-in device's fill (zero-copy path only), and how long the writer was
+/// kept off its CPU during the timed region; and the run as a whole.
+struct Recorder {
+    warmup: u64,
+    costs: Vec<u64>,
+    fills: Vec<u64>,
+    delays: Vec<u64>,
+    switched_out: u64,
+    sched: SchedStat,
+    ticks: Option<CpuTicks>,
+    started: Instant,
+}
+
+impl Recorder {
+    /// Check that `plan`'s messages fit `w` (8 bytes at least: the sequence tag), and start.
+    fn start(w: &Writer, plan: &Plan) -> anyhow::Result<Recorder> {
+        if plan.size < 8 || plan.size > w.capacity() {
+            bail!(
+                "message size {} does not fit 8..={} bytes",
+                plan.size,
+                w.capacity()
+            );
+        }
+        let n = plan.count as usize;
+        Ok(Recorder {
+            warmup: plan.warmup,
+            costs: Vec::with_capacity(n),
+            fills: Vec::with_capacity(n),
+            delays: Vec::with_capacity(n),
+            switched_out: 0,
+            sched: SchedStat::open(),
+            ticks: CpuTicks::now(),
+            started: Instant::now(),
+        })
+    }
+
+    /// The writer thread's scheduler reading, taken just before and just after a timed region.
+    fn sched(&mut self) -> Option<SchedSample> {
+        self.sched.sample()
+    }
+
+    /// Message `i`: its timed `cost`, the device's `fill` if any, and the readings around it.
+    fn record(
+        &mut self,
+        i: u64,
+        cost: u64,
+        fill: Option<u64>,
+        before: Option<SchedSample>,
+        after: Option<SchedSample>,
+    ) {
+        if i < self.warmup {
+            return;
+        }
+        self.costs.push(cost);
+        self.fills.extend(fill);
+        if let (Some(a), Some(b)) = (before, after) {
+            self.delays
+                .push(b.run_delay_ns.saturating_sub(a.run_delay_ns));
+            self.switched_out += u64::from(b.switches > a.switches);
+        }
+    }
+
+    fn finish(self, plan: &Plan, pacer: &Pacer) -> WriterRun {
+        let switched_out = (self.delays.len() == self.costs.len()).then_some(self.switched_out);
+        WriterRun {
+            published: plan.count,
+            costs_ns: self.costs,
+            overruns: pacer.overruns(),
+            elapsed: self.started.elapsed(),
+            ticks: CpuTicks::since(self.ticks),
+            switched_out,
+            run_delay_ns: self.delays,
+            fill_ns: self.fills,
+            priority: None,
+        }
+    }
+}
+
 /// Publish `plan.count` messages at fixed intervals, timing each one from `lend` through the
 /// copy of the source frame to the return of `commit` (seqlock, head store, futex wake).
 pub fn write(
@@ -116,20 +195,8 @@ pub fn write(
     plan: &Plan,
     shutdown: &Shutdown,
 ) -> anyhow::Result<WriterRun> {
-    if plan.size < 8 || plan.size > w.capacity() {
-        bail!(
-            "message size {} does not fit 8..={} bytes",
-            plan.size,
-            w.capacity()
-        );
-    }
-    let mut costs = Vec::with_capacity(plan.count as usize);
-    let mut delays = Vec::with_capacity(plan.count as usize);
-    let mut switched_out = 0;
-    let mut sched = SchedStat::open();
+    let mut rec = Recorder::start(w, plan)?;
     let mut pacer = Pacer::new(plan.interval);
-    let ticks = CpuTicks::now();
-    let started = Instant::now();
     for i in 0..plan.count {
         if !pacer.wait(shutdown) {
             bail!("interrupted");
@@ -140,7 +207,7 @@ pub fn write(
             device_seq: i,
             flags: 0,
         };
-        let before = sched.sample();
+        let before = rec.sched();
         let t0 = Instant::now();
         let mut loan = w.lend();
         let seq = loan.seq();
@@ -149,29 +216,10 @@ pub fn write(
         buf[..8].copy_from_slice(&seq.to_le_bytes());
         loan.commit(plan.size, meta);
         let cost = nanos(t0.elapsed());
-        let after = sched.sample();
-        if i >= plan.warmup {
-            costs.push(cost);
-            if let (Some(a), Some(b)) = (before, after) {
-                delays.push(b.run_delay_ns.saturating_sub(a.run_delay_ns));
-                switched_out += u64::from(b.switches > a.switches);
-            }
-        }
+        let after = rec.sched();
+        rec.record(i, cost, None, before, after);
     }
-    let elapsed = started.elapsed();
-    let ticks = CpuTicks::since(ticks);
-    let switched_out = (delays.len() == costs.len()).then_some(switched_out);
-    Ok(WriterRun {
-        published: plan.count,
-        costs_ns: costs,
-        overruns: pacer.overruns(),
-        elapsed,
-        ticks,
-        switched_out,
-        run_delay_ns: delays,
-        fill_ns: Vec::new(),
-        priority: None,
-    })
+    Ok(rec.finish(plan, &pacer))
 }
 
 /// Publish `plan.count` messages at fixed intervals the zero-copy way, as the camera's
@@ -186,13 +234,7 @@ pub fn write_lent(
     ahead: usize,
     shutdown: &Shutdown,
 ) -> anyhow::Result<WriterRun> {
-    if plan.size < 8 || plan.size > w.capacity() {
-        bail!(
-            "message size {} does not fit 8..={} bytes",
-            plan.size,
-            w.capacity()
-        );
-    }
+    let mut rec = Recorder::start(w, plan)?;
     let mut lender = Lender::new();
     for _ in 0..ahead.max(1) {
         if lender.lend(w).is_none() {
@@ -202,14 +244,7 @@ pub fn write_lent(
             );
         }
     }
-    let mut costs = Vec::with_capacity(plan.count as usize);
-    let mut fills = Vec::with_capacity(plan.count as usize);
-    let mut delays = Vec::with_capacity(plan.count as usize);
-    let mut switched_out = 0;
-    let mut sched = SchedStat::open();
     let mut pacer = Pacer::new(plan.interval);
-    let ticks = CpuTicks::now();
-    let started = Instant::now();
     let result = (|| {
         for i in 0..plan.count {
             if !pacer.wait(shutdown) {
@@ -229,41 +264,21 @@ pub fn write_lent(
                 flags: 0,
             };
             // The ring: publish the filled slot, lend the next one to the device.
-            let before = sched.sample();
+            let before = rec.sched();
             let t1 = Instant::now();
             lender.commit_oldest(w, plan.size, meta);
             let next = lender.lend(w);
             let cost = nanos(t1.elapsed());
-            let after = sched.sample();
+            let after = rec.sched();
             next.context("no slot left to lend")?;
-            if i >= plan.warmup {
-                costs.push(cost);
-                fills.push(fill);
-                if let (Some(a), Some(b)) = (before, after) {
-                    delays.push(b.run_delay_ns.saturating_sub(a.run_delay_ns));
-                    switched_out += u64::from(b.switches > a.switches);
-                }
-            }
+            rec.record(i, cost, Some(fill), before, after);
         }
         Ok(())
     })();
     // No device writes the slots still lent: give them back unpublished.
     lender.abandon(w);
     result?;
-    let elapsed = started.elapsed();
-    let ticks = CpuTicks::since(ticks);
-    let switched_out = (delays.len() == costs.len()).then_some(switched_out);
-    Ok(WriterRun {
-        published: plan.count,
-        costs_ns: costs,
-        overruns: pacer.overruns(),
-        elapsed,
-        ticks,
-        switched_out,
-        run_delay_ns: delays,
-        fill_ns: fills,
-        priority: None,
-    })
+    Ok(rec.finish(plan, &pacer))
 }
 
 /// The reader process: attach, say "ready", then take messages until the last one (number
